@@ -1,0 +1,49 @@
+//! `mutation.wasm`: secrets-policy behind the `secrets-webhook:policy/mutation` world.
+//! Only translation lives here; every decision is the library's.
+#![cfg(target_arch = "wasm32")]
+
+use secrets_policy::{Outcome, Settings};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "mutation",
+});
+
+use exports::secrets_webhook::policy::policy::Guest;
+use secrets_webhook::policy::global_secrets;
+use secrets_webhook::policy::types::{self, Review};
+
+struct Policy;
+
+struct HostGlobals;
+
+impl secrets_policy::GlobalSecrets for HostGlobals {
+    fn lookup(&self, group: &str, key: &str) -> Option<String> {
+        global_secrets::lookup(group, key)
+    }
+}
+
+impl Guest for Policy {
+    fn validate_settings(settings: String) -> Result<(), String> {
+        Settings::from_json(&settings).map(drop)
+    }
+
+    fn mutate(settings: String, review: Review) -> Result<types::Outcome, String> {
+        let settings = Settings::from_json(&settings)?;
+        Ok(
+            match secrets_policy::mutate_json(&settings, &review.object, &HostGlobals) {
+                Outcome::Unchanged => types::Outcome::Unchanged(Vec::new()),
+                Outcome::Patched(patch) => types::Outcome::Patched(types::Patched {
+                    patch: serde_json::to_string(&patch).map_err(|err| err.to_string())?,
+                    warnings: Vec::new(),
+                }),
+                Outcome::Denied(denial) => types::Outcome::Denied(types::Denied {
+                    code: denial.code,
+                    message: denial.message,
+                }),
+            },
+        )
+    }
+}
+
+export!(Policy);

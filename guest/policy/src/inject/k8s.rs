@@ -1,0 +1,129 @@
+//! K8s: Kubernetes Secrets in the pod's namespace, as `secretKeyRef` env vars or a secret volume.
+//! The Secret is named after the group; `optional: true` so a missing Secret never blocks a pod.
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    Context, ENV_ENV_PREFIX, InjectError, MOUNT_ROOT, check_custom_env_var, env_value, file_env,
+    refuse, require, secret_env_name,
+};
+use crate::annotations::base32_encode;
+use crate::names::{
+    check_dns1123_label, check_dns1123_subdomain, check_env_var_name, check_secret_key,
+};
+use crate::pod;
+use crate::secret::{MountRequirement, Secret};
+
+pub fn inject(
+    cx: &Context<'_>,
+    pod: &mut Map<String, Value>,
+    secret: &Secret,
+) -> Result<(), InjectError> {
+    require(secret, true, true, "K8s")?;
+    check_dns1123_subdomain(&secret.group).or_else(refuse)?;
+    check_secret_key(&secret.key).or_else(refuse)?;
+    check_custom_env_var(secret)?;
+    match secret.mount_requirement {
+        MountRequirement::EnvVar => inject_env(cx, pod, secret),
+        MountRequirement::Any | MountRequirement::File => inject_file(pod, secret),
+    }
+}
+
+fn inject_env(
+    cx: &Context<'_>,
+    pod: &mut Map<String, Value>,
+    secret: &Secret,
+) -> Result<(), InjectError> {
+    let prefix = &cx.settings.secret_env_var_prefix;
+    let name = secret_env_name(prefix, secret);
+    check_env_var_name(&name).or_else(refuse)?;
+    let reference =
+        json!({"secretKeyRef": {"name": secret.group, "key": secret.key, "optional": true}});
+    let mut vars = vec![json!({"name": name, "valueFrom": reference})];
+    if !secret.env_var.is_empty() {
+        vars.push(json!({"name": secret.env_var, "valueFrom": reference}));
+    }
+    vars.push(env_value(ENV_ENV_PREFIX, prefix));
+    for container in pod::containers(pod)? {
+        pod::append_env(container, &vars)?;
+    }
+    Ok(())
+}
+
+/// Flyte's volume name, base32(group + "_" + group_version); a hash where that would exceed the
+/// 63 characters Kubernetes allows (Flyte's pod would be rejected by the API server).
+fn volume_name(secret: &Secret) -> String {
+    let flyte = base32_encode(format!("{}_{}", secret.group, secret.group_version).as_bytes());
+    if check_dns1123_label(&flyte).is_ok() {
+        return flyte;
+    }
+    // FNV-1a: stable across builds and platforms, which std's hasher does not promise.
+    let hash = secret
+        .group
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("flyte-secret-{hash:016x}")
+}
+
+/// Mounts the group's Secret at `/etc/flyte/secrets/<group>`. All keys of a group share one volume
+/// and one mount, whatever their group_version, found again through the mount path, so a second
+/// key, a second version or a reinvocation only adds what is missing.
+fn inject_file(pod: &mut Map<String, Value>, secret: &Secret) -> Result<(), InjectError> {
+    let dir = format!("{MOUNT_ROOT}/{}", secret.group.to_lowercase());
+    let path = format!("{dir}/{}", secret.key.to_lowercase());
+    let item = json!({"key": secret.key, "path": secret.key.to_lowercase()});
+
+    let volume = match pod::volume_mounted_at(pod, &dir)? {
+        Some(existing) => existing,
+        None => volume_name(secret),
+    };
+    match pod::volume_named(pod, &volume)? {
+        Some(existing) => {
+            let secret_name = existing.get("secret").and_then(|s| s.get("secretName"));
+            if secret_name.and_then(Value::as_str) != Some(secret.group.as_str()) {
+                return refuse(format!(
+                    "{dir} is already taken by volume {volume:?}, which is not Secret {:?}",
+                    secret.group
+                ));
+            }
+            add_item(existing, item)?;
+        }
+        None => pod::add_volume(
+            pod,
+            json!({
+                "name": volume,
+                "secret": {"secretName": secret.group, "items": [item], "optional": true},
+            }),
+        )?,
+    }
+    let mount = json!({"name": volume, "mountPath": dir, "readOnly": true});
+    let vars = file_env(secret, &path);
+    for container in pod::containers(pod)? {
+        pod::append_mount(container, &mount)?;
+        pod::append_env(container, &vars)?;
+    }
+    Ok(())
+}
+
+/// Adds `item` to a secret volume's projection unless its key is there. A volume without `items`
+/// already projects every key.
+fn add_item(volume: &mut Map<String, Value>, item: Value) -> Result<(), InjectError> {
+    let Some(items) = volume
+        .get_mut("secret")
+        .and_then(|secret| secret.get_mut("items"))
+    else {
+        return Ok(());
+    };
+    let Some(items) = items.as_array_mut() else {
+        return Err(pod::MalformedPod("a secret volume's items is not a list".to_owned()).into());
+    };
+    if !items
+        .iter()
+        .any(|existing| existing.get("key") == item.get("key"))
+    {
+        items.push(item);
+    }
+    Ok(())
+}

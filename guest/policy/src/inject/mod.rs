@@ -1,0 +1,117 @@
+//! The secret managers. Each one either injects a secret into the pod or refuses it with a reason,
+//! and refuses before it edits anything, so the next manager starts from a clean pod.
+
+mod global;
+mod k8s;
+
+use serde_json::{Map, Value, json};
+
+use crate::pod::MalformedPod;
+use crate::secret::Secret;
+use crate::settings::{ManagerType, Settings};
+
+/// Where every file-based manager puts secrets, and the `default_dir` flytekit is pointed at.
+pub const MOUNT_ROOT: &str = "/etc/flyte/secrets";
+pub const ENV_DEFAULT_DIR: &str = "FLYTE_SECRETS_DEFAULT_DIR";
+pub const ENV_FILE_PREFIX: &str = "FLYTE_SECRETS_FILE_PREFIX";
+pub const ENV_ENV_PREFIX: &str = "FLYTE_SECRETS_ENV_PREFIX";
+
+/// The webhook's own secrets, looked up by group and key.
+pub trait GlobalSecrets {
+    fn lookup(&self, group: &str, key: &str) -> Option<String>;
+}
+
+/// No global secrets at all.
+impl GlobalSecrets for () {
+    fn lookup(&self, _group: &str, _key: &str) -> Option<String> {
+        None
+    }
+}
+
+impl<F: Fn(&str, &str) -> Option<String>> GlobalSecrets for F {
+    fn lookup(&self, group: &str, key: &str) -> Option<String> {
+        self(group, key)
+    }
+}
+
+#[derive(Debug)]
+pub enum InjectError {
+    /// This manager cannot inject the secret; the pod is untouched and the next manager may try.
+    Refused(String),
+    /// The pod cannot be edited at all.
+    Malformed(MalformedPod),
+}
+
+impl From<MalformedPod> for InjectError {
+    fn from(err: MalformedPod) -> Self {
+        Self::Malformed(err)
+    }
+}
+
+fn refuse<T>(reason: impl Into<String>) -> Result<T, InjectError> {
+    Err(InjectError::Refused(reason.into()))
+}
+
+/// What an injector may consult.
+pub struct Context<'a> {
+    pub settings: &'a Settings,
+    pub globals: &'a dyn GlobalSecrets,
+}
+
+/// Asks one manager to inject `secret` into `pod`.
+pub fn inject(
+    manager: ManagerType,
+    cx: &Context<'_>,
+    pod: &mut Map<String, Value>,
+    secret: &Secret,
+) -> Result<(), InjectError> {
+    match manager {
+        ManagerType::Global => global::inject(cx, pod, secret),
+        ManagerType::K8s => k8s::inject(cx, pod, secret),
+        other => refuse(format!(
+            "secret manager {other} is not supported by this policy version"
+        )),
+    }
+}
+
+/// `<prefix><GROUP>_<KEY>`: the variable flytekit's `secrets.get(group, key)` reads.
+fn secret_env_name(prefix: &str, secret: &Secret) -> String {
+    format!("{prefix}{}_{}", secret.group, secret.key).to_uppercase()
+}
+
+fn env_value(name: &str, value: &str) -> Value {
+    json!({"name": name, "value": value})
+}
+
+/// The env vars that point flytekit at the mounted files, plus the custom path variable.
+fn file_env(secret: &Secret, path: &str) -> Vec<Value> {
+    let mut vars = vec![
+        env_value(ENV_DEFAULT_DIR, MOUNT_ROOT),
+        env_value(ENV_FILE_PREFIX, ""),
+    ];
+    if !secret.env_var.is_empty() {
+        vars.push(env_value(&secret.env_var, path));
+    }
+    vars
+}
+
+/// Refuses when the group or key needed by a manager is missing.
+fn require(secret: &Secret, group: bool, key: bool, manager: &str) -> Result<(), InjectError> {
+    if (group && secret.group.is_empty()) || (key && secret.key.is_empty()) {
+        let needs = match (group, key) {
+            (true, true) => "both group and key",
+            (true, false) => "a group",
+            _ => "a key",
+        };
+        return refuse(format!("{manager} requires {needs}"));
+    }
+    Ok(())
+}
+
+fn check_custom_env_var(secret: &Secret) -> Result<(), InjectError> {
+    if secret.env_var.is_empty() {
+        return Ok(());
+    }
+    crate::names::check_env_var_name(&secret.env_var)
+        .or_else(|reason| refuse(format!("env_var: {reason}")))
+}

@@ -1,0 +1,21 @@
+//! The secret-injection policy of secrets-webhook, free of I/O so that it runs the same natively,
+//! as a wasm component, and as a Kubewarden policy.
+//!
+//! Flow: [`annotations`] decodes the pod's `flyte.secrets/s<N>` requests (protobuf text in
+//! [`prototext`]), [`mutation::decide`] hands each one to the managers in [`settings::Settings`]
+//! order ([`inject`]), which edit the pod through [`pod`]; [`mutation::mutate_json`] turns the
+//! result into a JSON Patch.
+
+pub mod annotations;
+pub mod inject;
+pub mod mutation;
+pub mod names;
+pub mod pod;
+pub mod prototext;
+pub mod secret;
+pub mod settings;
+
+pub use inject::GlobalSecrets;
+pub use mutation::{Decision, Denial, Outcome, decide, mutate_json};
+pub use secret::{MountRequirement, Secret};
+pub use settings::Settings;

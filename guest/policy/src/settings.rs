@@ -1,0 +1,356 @@
+//! The policy's settings: the `webhook:` section of the configuration, with Flyte's key names.
+//!
+//! The host hands the whole section over as JSON, so keys that only the host reads (listenPort,
+//! certDir, …) are ignored here, and a new policy can take new settings without a new host.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A secret manager (Flyte's `secretManagerType` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ManagerType {
+    /// The webhook's own mounted secrets; always tried first.
+    Global,
+    /// Kubernetes Secrets in the pod's namespace.
+    K8s,
+    /// HashiCorp Vault, through the Vault Agent Injector's annotations.
+    Vault,
+    /// AWS Secrets Manager, through a puller init container.
+    Aws,
+    /// GCP Secret Manager, through a puller init container.
+    Gcp,
+    /// Azure Key Vault, through a puller init container.
+    Azure,
+}
+
+impl ManagerType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Global => "Global",
+            Self::K8s => "K8s",
+            Self::Vault => "Vault",
+            Self::Aws => "AWS",
+            Self::Gcp => "GCP",
+            Self::Azure => "Azure",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Self, String> {
+        let all = [
+            Self::Global,
+            Self::K8s,
+            Self::Vault,
+            Self::Aws,
+            Self::Gcp,
+            Self::Azure,
+        ];
+        if let Some(found) = all
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
+        {
+            return Ok(found);
+        }
+        if name.eq_ignore_ascii_case("Embedded") {
+            return Err(
+                "secret manager \"Embedded\" fetches secret values over the network at \
+                        admission time, which this webhook does not do; use K8s, Vault, AWS, GCP \
+                        or Azure"
+                    .to_owned(),
+            );
+        }
+        Err(format!(
+            "unknown secret manager {name:?}; expected one of Global, K8s, Vault, AWS, GCP, Azure"
+        ))
+    }
+}
+
+impl fmt::Display for ManagerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ManagerType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// CPU and memory, as Kubernetes quantities.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceList {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// `resources:` of a puller init container.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceList>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceList>,
+}
+
+impl Resources {
+    /// Flyte's default for puller containers: requests = limits = 200m CPU, 500Mi memory.
+    fn puller_default() -> Self {
+        let list = ResourceList {
+            cpu: Some("200m".to_owned()),
+            memory: Some("500Mi".to_owned()),
+        };
+        Self {
+            requests: Some(list.clone()),
+            limits: Some(list),
+        }
+    }
+}
+
+/// Settings of a secret manager that runs a puller init container.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullerSettings {
+    pub sidecar_image: String,
+    pub resources: Resources,
+}
+
+impl PullerSettings {
+    fn with_image(image: &str) -> Self {
+        Self {
+            sidecar_image: image.to_owned(),
+            resources: Resources::puller_default(),
+        }
+    }
+}
+
+/// Which Vault KV engine version a secret lives in when its `group_version` does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KvVersion {
+    #[serde(rename = "1")]
+    V1,
+    #[serde(rename = "2")]
+    V2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VaultSettings {
+    pub role: String,
+    pub kv_version: KvVersion,
+    /// Extra pod annotations; they override the webhook's defaults but not the pod's own.
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for VaultSettings {
+    fn default() -> Self {
+        Self {
+            role: "flyte".to_owned(),
+            kv_version: KvVersion::V2,
+            annotations: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Settings {
+    /// Flyte 1's single manager; `secretManagerTypes` wins when both are set.
+    pub secret_manager_type: Option<ManagerType>,
+    /// Flyte 2's ordered list; the first manager that injects a secret wins.
+    pub secret_manager_types: Option<Vec<ManagerType>>,
+    /// The env var prefix of injected secrets (`_FSEC_`; Flyte 2 uses `_UNION_`).
+    pub secret_env_var_prefix: String,
+    pub vault_secret_manager: VaultSettings,
+    #[serde(deserialize_with = "puller_or_default::aws")]
+    pub aws_secret_manager: PullerSettings,
+    #[serde(deserialize_with = "puller_or_default::gcp")]
+    pub gcp_secret_manager: PullerSettings,
+    #[serde(deserialize_with = "puller_or_default::azure")]
+    pub azure_secret_manager: PullerSettings,
+}
+
+pub const AWS_IMAGE: &str = "docker.io/amazon/aws-secrets-manager-secret-sidecar:v0.1.4";
+pub const GCP_IMAGE: &str = "gcr.io/google.com/cloudsdktool/cloud-sdk:alpine";
+pub const AZURE_IMAGE: &str = "mcr.microsoft.com/azure-cli:cbl-mariner2.0";
+
+/// Partial puller sections (`awsSecretManager: {sidecarImage: x}`) keep the other defaults.
+mod puller_or_default {
+    use super::{PullerSettings, Resources};
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Partial {
+        sidecar_image: Option<String>,
+        resources: Option<Resources>,
+    }
+
+    fn read<'de, D: Deserializer<'de>>(d: D, image: &str) -> Result<PullerSettings, D::Error> {
+        let partial = Partial::deserialize(d)?;
+        let mut settings = PullerSettings::with_image(image);
+        if let Some(image) = partial.sidecar_image {
+            settings.sidecar_image = image;
+        }
+        if let Some(resources) = partial.resources {
+            settings.resources = resources;
+        }
+        Ok(settings)
+    }
+
+    pub fn aws<'de, D: Deserializer<'de>>(d: D) -> Result<PullerSettings, D::Error> {
+        read(d, super::AWS_IMAGE)
+    }
+    pub fn gcp<'de, D: Deserializer<'de>>(d: D) -> Result<PullerSettings, D::Error> {
+        read(d, super::GCP_IMAGE)
+    }
+    pub fn azure<'de, D: Deserializer<'de>>(d: D) -> Result<PullerSettings, D::Error> {
+        read(d, super::AZURE_IMAGE)
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            secret_manager_type: None,
+            secret_manager_types: None,
+            secret_env_var_prefix: "_FSEC_".to_owned(),
+            vault_secret_manager: VaultSettings::default(),
+            aws_secret_manager: PullerSettings::with_image(AWS_IMAGE),
+            gcp_secret_manager: PullerSettings::with_image(GCP_IMAGE),
+            azure_secret_manager: PullerSettings::with_image(AZURE_IMAGE),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads and checks settings JSON. `null` or `""` mean all defaults.
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        let settings: Self = if json.trim().is_empty() {
+            Self::default()
+        } else {
+            let value: Option<Self> =
+                serde_json::from_str(json).map_err(|err| format!("invalid settings: {err}"))?;
+            value.unwrap_or_default()
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        crate::names::check_env_var_name(&format!("{}X", self.secret_env_var_prefix))
+            .map_err(|_| {
+                format!(
+                    "invalid settings: secretEnvVarPrefix {:?} cannot start an environment variable name",
+                    self.secret_env_var_prefix
+                )
+            })?;
+        if self
+            .secret_manager_types
+            .as_ref()
+            .is_some_and(Vec::is_empty)
+        {
+            return Err("invalid settings: secretManagerTypes is empty".to_owned());
+        }
+        if self.vault_secret_manager.role.is_empty() {
+            return Err("invalid settings: vaultSecretManager.role is empty".to_owned());
+        }
+        for (name, puller) in [
+            ("awsSecretManager", &self.aws_secret_manager),
+            ("gcpSecretManager", &self.gcp_secret_manager),
+            ("azureSecretManager", &self.azure_secret_manager),
+        ] {
+            if puller.sidecar_image.trim().is_empty() {
+                return Err(format!("invalid settings: {name}.sidecarImage is empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The managers to try, in order: Global first, then the configured ones (K8s by default).
+    pub fn managers(&self) -> Vec<ManagerType> {
+        let configured = match (&self.secret_manager_types, self.secret_manager_type) {
+            (Some(list), _) => list.clone(),
+            (None, Some(single)) => vec![single],
+            (None, None) => vec![ManagerType::K8s],
+        };
+        let mut managers = vec![ManagerType::Global];
+        for manager in configured {
+            if !managers.contains(&manager) {
+                managers.push(manager);
+            }
+        }
+        managers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_flyte_1() {
+        let settings = Settings::from_json("").unwrap();
+        assert_eq!(settings, Settings::default());
+        assert_eq!(settings.managers(), [ManagerType::Global, ManagerType::K8s]);
+        assert_eq!(settings.secret_env_var_prefix, "_FSEC_");
+        assert_eq!(Settings::from_json("null").unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn ordered_list_wins_over_the_single_type_and_global_comes_first() {
+        let settings = Settings::from_json(
+            r#"{"secretManagerType": "K8s", "secretManagerTypes": ["vault", "Global", "AWS"],
+                "listenPort": 9443, "certDir": "/x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            settings.managers(),
+            [ManagerType::Global, ManagerType::Vault, ManagerType::Aws]
+        );
+    }
+
+    #[test]
+    fn partial_puller_sections_keep_defaults() {
+        let settings =
+            Settings::from_json(r#"{"gcpSecretManager": {"sidecarImage": "my/gcloud:1"}}"#)
+                .unwrap();
+        assert_eq!(settings.gcp_secret_manager.sidecar_image, "my/gcloud:1");
+        assert_eq!(
+            settings.gcp_secret_manager.resources,
+            Resources::puller_default()
+        );
+        assert_eq!(settings.aws_secret_manager.sidecar_image, AWS_IMAGE);
+    }
+
+    #[test]
+    fn rejects_bad_settings_with_reasons() {
+        for (json, reason) in [
+            (r#"{"secretManagerType": "Embedded"}"#, "network"),
+            (
+                r#"{"secretManagerType": "Keychain"}"#,
+                "unknown secret manager",
+            ),
+            (r#"{"secretManagerTypes": []}"#, "is empty"),
+            (r#"{"secretEnvVarPrefix": "1X"}"#, "secretEnvVarPrefix"),
+            (
+                r#"{"vaultSecretManager": {"kvVersion": "3"}}"#,
+                "invalid settings",
+            ),
+            (
+                r#"{"awsSecretManager": {"sidecarImage": " "}}"#,
+                "sidecarImage is empty",
+            ),
+            (r#"{"awsSecretManager": {"image": "x"}}"#, "unknown field"),
+            ("[1]", "invalid settings"),
+        ] {
+            let err = Settings::from_json(json).unwrap_err();
+            assert!(err.contains(reason), "{json}: {err}");
+        }
+    }
+}

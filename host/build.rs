@@ -1,0 +1,106 @@
+//! Builds the default policy (`guest/component`) for wasm32-wasip2 so the binary can embed it.
+//!
+//! The guest gets its own target directory: the outer build holds the lock on the usual one.
+//! Variables cargo sets for build scripts (and clippy's wrapper) are cleared so the inner build is
+//! an ordinary release build for the wasm target.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+const PACKAGE: &str = "secrets-policy-component";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let workspace = manifest_dir
+        .parent()
+        .expect("host/ is inside the workspace");
+    for watched in ["guest", "wit", "Cargo.lock", "Cargo.toml"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
+    }
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out; share one guest build across profiles.
+    let target_root = out_dir.ancestors().nth(4).unwrap_or(&out_dir).to_path_buf();
+    let guest_target = target_root.join("wasm-guest");
+
+    ensure_target_installed();
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "--release", "-p", PACKAGE, "--target", TARGET])
+        .arg("--target-dir")
+        .arg(&guest_target);
+    for (name, _) in env::vars_os() {
+        let name = name.to_string_lossy();
+        let outer =
+            (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_NET_OFFLINE")
+                || name.starts_with("RUSTC_")
+                || matches!(
+                    name.as_ref(),
+                    "RUSTFLAGS"
+                        | "RUSTDOCFLAGS"
+                        | "TARGET"
+                        | "HOST"
+                        | "OUT_DIR"
+                        | "PROFILE"
+                        | "OPT_LEVEL"
+                        | "DEBUG"
+                        | "NUM_JOBS"
+                );
+        if outer {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let status = command
+        .status()
+        .expect("cargo can be run from a build script");
+    assert!(
+        status.success(),
+        "building the guest policy for {TARGET} failed"
+    );
+
+    let built = guest_target
+        .join(TARGET)
+        .join("release")
+        .join(format!("{}.wasm", PACKAGE.replace('-', "_")));
+    let embedded = out_dir.join("mutation.wasm");
+    std::fs::copy(&built, &embedded)
+        .unwrap_or_else(|err| panic!("copy {}: {err}", built.display()));
+    println!(
+        "cargo:rustc-env=SECRETS_WEBHOOK_EMBEDDED_POLICY={}",
+        embedded.display()
+    );
+}
+
+/// A fresh machine has the toolchain from rust-toolchain.toml but may lack its wasm target when the
+/// toolchain was installed earlier without it; add it rather than fail with a confusing error.
+fn ensure_target_installed() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output();
+    let Ok(output) = sysroot else { return };
+    let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(TARGET)
+        .exists()
+    {
+        return;
+    }
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Ok(toolchain) = env::var("RUSTUP_TOOLCHAIN") {
+        rustup.args(["--toolchain", &toolchain]);
+    }
+    match rustup.status() {
+        Ok(status) if status.success() => {}
+        _ => println!(
+            "cargo:warning=could not add the {TARGET} target; run `rustup target add {TARGET}`"
+        ),
+    }
+}

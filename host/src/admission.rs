@@ -1,0 +1,290 @@
+//! AdmissionReview `admission.k8s.io/v1` in, AdmissionResponse out.
+//!
+//! The wire types are our own rather than kube-core's: the pod stays a borrowed [`RawValue`], so its
+//! bytes go to the policy without being parsed into typed structs and printed again, and the patch
+//! is the base64 string the API contract asks for (kube-core writes an array of numbers,
+//! kube-rs#1781).
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::policy::{Outcome, PolicyFailure, Review};
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+const KIND: &str = "AdmissionReview";
+
+/// What to do with a pod whose secrets cannot be injected, or when the policy fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Refuse the pod with a message naming the secret and the reason.
+    #[default]
+    Deny,
+    /// Admit the pod unchanged with a warning (Flyte 1's behaviour).
+    Allow,
+}
+
+/// Anything that answers reviews: the wasm policy, or the library called natively.
+pub trait Mutator: Send + Sync {
+    fn mutate(&self, review: &Review) -> Result<Outcome, PolicyFailure>;
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn<'a> {
+    api_version: Option<&'a str>,
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    request: Option<RequestIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    uid: Option<String>,
+    kind: Option<GroupVersionKind>,
+    #[serde(default)]
+    sub_resource: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(borrow)]
+    object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut {
+    uid: String,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    code: u16,
+    message: String,
+}
+
+/// How a review ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not a Pod CREATE, or nothing to inject.
+    Unchanged,
+    Patched,
+    /// The policy refused the pod.
+    Denied,
+    /// The policy failed (trap, deadline, memory, bad output).
+    Failed,
+    /// Not an AdmissionReview we can answer.
+    Invalid,
+}
+
+/// The answer to one HTTP request carrying an AdmissionReview.
+#[derive(Debug)]
+pub struct Reply {
+    /// 200 for every review we could read, 400 otherwise.
+    pub http_status: u16,
+    pub body: Vec<u8>,
+    pub verdict: Verdict,
+    pub uid: String,
+}
+
+/// Answers one AdmissionReview.
+pub fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Reply {
+    let parsed: ReviewIn<'_> = match serde_json::from_slice(body) {
+        Ok(parsed) => parsed,
+        Err(err) => return invalid(String::new(), format!("malformed AdmissionReview: {err}")),
+    };
+    let request = match check(&parsed) {
+        Ok(request) => request,
+        Err((uid, message)) => return invalid(uid, message),
+    };
+    let uid = request.uid.clone().unwrap_or_default();
+    let is_pod = request
+        .kind
+        .as_ref()
+        .is_some_and(|k| k.group.is_empty() && k.kind == "Pod");
+    if !is_pod || request.operation != "CREATE" || !request.sub_resource.is_empty() {
+        return answer(uid, Verdict::Unchanged, allowed());
+    }
+    let Some(object) = request.object else {
+        return invalid(
+            uid,
+            "request.object is missing from a Pod CREATE".to_owned(),
+        );
+    };
+    let review = Review {
+        uid: uid.clone(),
+        namespace: request.namespace.clone(),
+        operation: request.operation.clone(),
+        dry_run: request.dry_run,
+        object: object.get().to_owned(),
+    };
+    match mutator.mutate(&review) {
+        Ok(outcome) => outcome_response(uid, outcome, on_error),
+        Err(failure) => refusal(uid, Verdict::Failed, 500, failure.to_string(), on_error),
+    }
+}
+
+fn check<'r, 'a>(parsed: &'r ReviewIn<'a>) -> Result<&'r RequestIn<'a>, (String, String)> {
+    let uid = parsed
+        .request
+        .as_ref()
+        .and_then(|r| r.uid.clone())
+        .unwrap_or_default();
+    if parsed.api_version != Some(API_VERSION) || parsed.kind != Some(KIND) {
+        let message = format!(
+            "expected apiVersion {API_VERSION} and kind {KIND}, got {} {}",
+            parsed.api_version.unwrap_or("(none)"),
+            parsed.kind.unwrap_or("(none)")
+        );
+        return Err((uid, message));
+    }
+    let Some(request) = &parsed.request else {
+        return Err((uid, "AdmissionReview has no request".to_owned()));
+    };
+    if uid.is_empty() {
+        return Err((uid, "request.uid is missing".to_owned()));
+    }
+    Ok(request)
+}
+
+fn outcome_response(uid: String, outcome: Outcome, on_error: OnError) -> Reply {
+    match outcome {
+        Outcome::Unchanged(warnings) => answer(
+            uid,
+            Verdict::Unchanged,
+            ResponseOut {
+                warnings,
+                ..allowed()
+            },
+        ),
+        Outcome::Patched(patched) => {
+            // The policy is not trusted to write a JSON Patch: check that it is one.
+            match serde_json::from_str::<json_patch::Patch>(&patched.patch) {
+                Ok(patch) if patch.0.is_empty() => answer(
+                    uid,
+                    Verdict::Unchanged,
+                    ResponseOut {
+                        warnings: patched.warnings,
+                        ..allowed()
+                    },
+                ),
+                Ok(_) => answer(
+                    uid,
+                    Verdict::Patched,
+                    ResponseOut {
+                        patch: Some(
+                            base64::engine::general_purpose::STANDARD.encode(&patched.patch),
+                        ),
+                        patch_type: Some("JSONPatch"),
+                        warnings: patched.warnings,
+                        ..allowed()
+                    },
+                ),
+                Err(err) => refusal(
+                    uid,
+                    Verdict::Failed,
+                    500,
+                    format!("policy returned an invalid JSON Patch: {err}"),
+                    on_error,
+                ),
+            }
+        }
+        Outcome::Denied(denied) => {
+            refusal(uid, Verdict::Denied, denied.code, denied.message, on_error)
+        }
+    }
+}
+
+/// A pod we cannot inject: refused, or with `on_error: allow` admitted unchanged with a warning.
+fn refusal(uid: String, verdict: Verdict, code: u16, message: String, on_error: OnError) -> Reply {
+    match on_error {
+        OnError::Deny => answer(
+            uid,
+            verdict,
+            ResponseOut {
+                allowed: false,
+                status: Some(Status { code, message }),
+                ..allowed()
+            },
+        ),
+        OnError::Allow => answer(
+            uid,
+            verdict,
+            ResponseOut {
+                warnings: vec![format!("secrets were not injected: {message}")],
+                ..allowed()
+            },
+        ),
+    }
+}
+
+fn allowed() -> ResponseOut {
+    ResponseOut {
+        uid: String::new(),
+        allowed: true,
+        status: None,
+        patch: None,
+        patch_type: None,
+        warnings: Vec::new(),
+    }
+}
+
+fn answer(uid: String, verdict: Verdict, response: ResponseOut) -> Reply {
+    encode(200, uid, verdict, response)
+}
+
+fn invalid(uid: String, message: String) -> Reply {
+    let response = ResponseOut {
+        allowed: false,
+        status: Some(Status { code: 400, message }),
+        ..allowed()
+    };
+    encode(400, uid, Verdict::Invalid, response)
+}
+
+fn encode(http_status: u16, uid: String, verdict: Verdict, mut response: ResponseOut) -> Reply {
+    response.uid = uid.clone();
+    let review = ReviewOut {
+        api_version: API_VERSION,
+        kind: KIND,
+        response,
+    };
+    // Serialising plain strings, bools and numbers cannot fail.
+    let body = serde_json::to_vec(&review).unwrap_or_default();
+    Reply {
+        http_status,
+        body,
+        verdict,
+        uid,
+    }
+}

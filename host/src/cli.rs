@@ -1,0 +1,408 @@
+//! The `secrets-webhook` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::admission::{self, OnError, Verdict};
+use crate::config::{Config, Overrides};
+use crate::global_secrets::GlobalSecrets;
+use crate::policy::{self, Active, Runtime};
+use crate::{certs, server, tls};
+
+#[derive(Parser)]
+#[command(
+    name = "secrets-webhook",
+    version,
+    about = "Injects Flyte secrets into pods, with the policy in wasm."
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SECRETS_WEBHOOK_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve AdmissionReviews over HTTPS.
+    Serve(ServeArgs),
+    /// Run the policy on one AdmissionReview or Pod (JSON or YAML) and print the result.
+    Mutate(MutateArgs),
+    /// Work with policy components.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print the version and the embedded policy's digest.
+    Version,
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    /// Configuration file (YAML, Flyte's `webhook:` and `secrets:` sections).
+    #[arg(long, env = "SECRETS_WEBHOOK_CONFIG")]
+    config: Option<PathBuf>,
+    /// A policy component to run instead of the embedded one.
+    #[arg(long, env = "SECRETS_WEBHOOK_POLICY")]
+    policy: Option<PathBuf>,
+    /// Deny (default) or admit unchanged a pod whose secrets cannot be injected.
+    #[arg(long, value_enum)]
+    on_error: Option<OnError>,
+    /// Directory of global secrets, `<dir>/<group>/<key>` [default: /etc/secrets].
+    #[arg(long)]
+    global_secrets_dir: Option<PathBuf>,
+    /// Wall-clock budget of one policy call, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    policy_timeout_ms: u64,
+    /// Linear memory one policy instance may use, in MiB.
+    #[arg(long, default_value_t = 64)]
+    policy_memory_mib: usize,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Address to listen on [default: 0.0.0.0:9443, or webhook.listenPort].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory of tls.crt and tls.key [default: /etc/webhook/certs; ./certs in local mode].
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Run without a cluster: make a CA and a localhost certificate if none, register nothing.
+    /// Also chosen when no cluster is reachable.
+    #[arg(long)]
+    local: bool,
+    /// Largest AdmissionReview accepted, in bytes [default: 3 MiB].
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Args)]
+struct MutateArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = Output::Review)]
+    output: Output,
+    /// An AdmissionReview or a Pod, JSON or YAML; `-` for standard input.
+    file: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// The AdmissionReview response.
+    Review,
+    /// The pod with the patch applied.
+    Pod,
+    /// The JSON Patch.
+    Patch,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Write the embedded policy component to FILE.
+    Export { file: PathBuf },
+    /// Compile FILE, check its world, settings and self-check, and print its digest.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mutate(args) => mutate(args),
+        Command::Policy(PolicyCommand::Export { file }) => {
+            std::fs::write(&file, policy::EMBEDDED)
+                .with_context(|| format!("writing {}", file.display()))?;
+            eprintln!(
+                "wrote the embedded policy ({} bytes) to {}",
+                policy::EMBEDDED.len(),
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Check { file, config }) => {
+            let config = Config::load(config.as_deref(), &Overrides::default())?;
+            let runtime = Runtime::new(policy::Limits::default())?;
+            let policy = runtime.compile(&read_policy(&file)?)?;
+            policy::admit(&policy, &config.settings)?;
+            println!(
+                "ok: {} implements {} (sha256 {})",
+                file.display(),
+                policy::WORLD,
+                policy.digest()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version => {
+            let runtime = Runtime::new(policy::Limits::default())?;
+            let digest = runtime.compile(policy::EMBEDDED)?.digest().to_owned();
+            println!(
+                "secrets-webhook {} (world {}, embedded policy sha256 {digest})",
+                env!("CARGO_PKG_VERSION"),
+                policy::WORLD
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read_policy(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading policy {}", path.display()))
+}
+
+/// Builds the policy in service from the flags and the configuration.
+fn activate(args: &PolicyArgs, config: &Config) -> Result<Arc<Active>> {
+    let limits = policy::Limits {
+        memory_bytes: args.policy_memory_mib << 20,
+        deadline: Duration::from_millis(args.policy_timeout_ms),
+        ..policy::Limits::default()
+    };
+    let runtime = Runtime::new(limits)?;
+    let compiled = match &args.policy {
+        Some(path) => runtime.compile(&read_policy(path)?)?,
+        None => runtime.compile(policy::EMBEDDED)?,
+    };
+    let globals = GlobalSecrets::load(&config.global_secrets).context("reading global secrets")?;
+    tracing::info!(
+        policy = compiled.digest(),
+        global_secrets = globals.len(),
+        "policy ready"
+    );
+    Ok(Arc::new(Active::new(compiled, &config.settings, globals)?))
+}
+
+/// Whether a Kubernetes API server can be found the usual ways: in-cluster, `KUBECONFIG`, or
+/// `~/.kube/config`.
+fn cluster_configured() -> bool {
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        return true;
+    }
+    if let Some(paths) = std::env::var_os("KUBECONFIG") {
+        return std::env::split_paths(&paths).any(|p| p.is_file());
+    }
+    std::env::var_os("HOME").is_some_and(|home| Path::new(&home).join(".kube/config").is_file())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let local = args.local || !cluster_configured();
+    let overrides = Overrides {
+        listen: args.listen,
+        cert_dir: args.cert_dir.clone(),
+        on_error: args.policy.on_error,
+        max_body_bytes: args.max_body_bytes,
+        global_secrets_dir: args.policy.global_secrets_dir.clone(),
+        local,
+    };
+    let config = Config::load(args.policy.config.as_deref(), &overrides)?;
+    if local {
+        if certs::ensure_local(&config.cert_dir)? {
+            tracing::info!(dir = %config.cert_dir.display(), "made a local CA and a certificate for localhost");
+        }
+        let ca = config.cert_dir.join(certs::CA_FILE);
+        tracing::info!(ca = %ca.display(), "local mode: no registration; clients should trust this CA");
+    }
+    let active = activate(&args.policy, &config)?;
+    let certs = tls::CertStore::open(&config.cert_dir)?;
+    tokio::spawn(certs.clone().watch(Duration::from_secs(10)));
+    let tls = tls::server_config(certs)?;
+    tokio::spawn(refresh_globals(
+        active.clone(),
+        config.global_secrets.clone(),
+    ));
+
+    let describe = active.clone();
+    let app = server::App {
+        mutator: active,
+        describe_policy: Box::new(move || describe.digest()),
+        on_error: config.on_error,
+        limits: server::Limits {
+            max_body_bytes: config.max_body_bytes,
+            ..server::Limits::default()
+        },
+    };
+    let handle = server::spawn(config.listen, tls, app).await?;
+    tracing::info!(addr = %handle.local_addr(), "serving AdmissionReviews on /mutate and /mutate--v1-pod");
+    stop_signal().await;
+    tracing::info!("stopping: draining requests in flight");
+    handle.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads global secrets now and then: mounted Secrets change without a restart.
+async fn refresh_globals(active: Arc<Active>, source: crate::global_secrets::Source) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(30));
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let source = source.clone();
+        match tokio::task::spawn_blocking(move || GlobalSecrets::load(&source)).await {
+            Ok(Ok(globals)) => active.set_globals(globals),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "re-reading global secrets failed; keeping the old ones")
+            }
+            Err(err) => tracing::warn!(error = %err, "re-reading global secrets failed"),
+        }
+    }
+}
+
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn mutate(args: MutateArgs) -> Result<ExitCode> {
+    let overrides = Overrides {
+        on_error: args.policy.on_error,
+        global_secrets_dir: args.policy.global_secrets_dir.clone(),
+        ..Overrides::default()
+    };
+    let config = Config::load(args.policy.config.as_deref(), &overrides)?;
+    let text = if args.file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let input: Value = serde_yaml::from_str(&text).context("the input is neither JSON nor YAML")?;
+    let review = match input.get("kind").and_then(Value::as_str) {
+        Some("AdmissionReview") => input,
+        Some("Pod") => wrap_pod(input),
+        other => bail!(
+            "expected an AdmissionReview or a Pod, got kind {}",
+            other.unwrap_or("(none)")
+        ),
+    };
+    let object = review
+        .pointer("/request/object")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let active = activate(&args.policy, &config)?;
+    let reply = admission::review(
+        &serde_json::to_vec(&review)?,
+        active.as_ref(),
+        config.on_error,
+    );
+    let response: Value = serde_json::from_slice(&reply.body)?;
+    let refused = matches!(
+        reply.verdict,
+        Verdict::Denied | Verdict::Failed | Verdict::Invalid
+    ) && response["response"]["allowed"] == false;
+    if refused {
+        eprintln!(
+            "denied: {}",
+            response["response"]["status"]["message"]
+                .as_str()
+                .unwrap_or("")
+        );
+    }
+    let patch: Value = match response["response"]["patch"].as_str() {
+        Some(encoded) => {
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(encoded)?)?
+        }
+        None => json!([]),
+    };
+    let printed = match args.output {
+        Output::Review => response,
+        Output::Patch => patch,
+        Output::Pod => {
+            let mut pod = object;
+            json_patch::patch(
+                &mut pod,
+                &serde_json::from_value::<json_patch::Patch>(patch)?,
+            )
+            .context("applying the policy's patch")?;
+            pod
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&printed)?);
+    Ok(if refused {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// An AdmissionReview for creating `pod`, as the API server would send it.
+fn wrap_pod(pod: Value) -> Value {
+    let namespace = pod
+        .pointer("/metadata/namespace")
+        .cloned()
+        .unwrap_or(json!("default"));
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "secrets-webhook-mutate",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "dryRun": true,
+            "object": pod,
+        }
+    })
+}

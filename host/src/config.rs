@@ -1,0 +1,189 @@
+//! The configuration file (`--config`, YAML) and the flags that override it.
+//!
+//! The file keeps Flyte's layout: a `webhook:` section with Flyte's key names, and a `secrets:`
+//! section saying where global secrets live. The whole `webhook:` section is also the policy's
+//! settings, so a policy can take keys this host does not know.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::admission::OnError;
+use crate::global_secrets;
+
+/// Flyte's default certificate directory.
+pub const DEFAULT_CERT_DIR: &str = "/etc/webhook/certs";
+/// Where local mode keeps its certificates.
+pub const LOCAL_CERT_DIR: &str = "certs";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 << 20;
+
+#[derive(Debug, Default, Deserialize)]
+struct File {
+    #[serde(default)]
+    webhook: Option<serde_json::Value>,
+    #[serde(default)]
+    secrets: SecretsSection,
+}
+
+/// Flyte's `secrets:` section (the Global manager's source).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+struct SecretsSection {
+    secrets_prefix: PathBuf,
+    env_prefix: String,
+}
+
+impl Default for SecretsSection {
+    fn default() -> Self {
+        Self {
+            secrets_prefix: "/etc/secrets".into(),
+            env_prefix: "FLYTE_SECRET_".to_owned(),
+        }
+    }
+}
+
+/// The keys of `webhook:` the host itself reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct HostKeys {
+    listen_port: Option<u16>,
+    cert_dir: Option<PathBuf>,
+    on_error: Option<OnError>,
+    max_request_bytes: Option<usize>,
+}
+
+/// Everything `serve` and `mutate` need, after the file and the flags are merged.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cert_dir: PathBuf,
+    pub on_error: OnError,
+    pub max_body_bytes: usize,
+    /// The `webhook:` section as JSON: the policy's settings.
+    pub settings: String,
+    pub global_secrets: global_secrets::Source,
+}
+
+/// Flag values; `None` means "not given", so the file or the default applies.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub cert_dir: Option<PathBuf>,
+    pub on_error: Option<OnError>,
+    pub max_body_bytes: Option<usize>,
+    pub global_secrets_dir: Option<PathBuf>,
+    pub local: bool,
+}
+
+impl Config {
+    /// Reads `path` (if any) and applies `flags` on top.
+    pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Self> {
+        let file: File = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_yaml::from_str::<Option<File>>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+                    .unwrap_or_default()
+            }
+            None => File::default(),
+        };
+        let webhook = file.webhook.unwrap_or(serde_json::Value::Null);
+        let host: HostKeys = if webhook.is_null() {
+            HostKeys::default()
+        } else {
+            serde_json::from_value(webhook.clone()).context("reading the webhook: section")?
+        };
+        let default_cert_dir = if flags.local {
+            LOCAL_CERT_DIR
+        } else {
+            DEFAULT_CERT_DIR
+        };
+        let listen = flags
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], host.listen_port.unwrap_or(9443))));
+        Ok(Self {
+            listen,
+            cert_dir: flags
+                .cert_dir
+                .clone()
+                .or(host.cert_dir)
+                .unwrap_or_else(|| default_cert_dir.into()),
+            on_error: flags.on_error.or(host.on_error).unwrap_or_default(),
+            max_body_bytes: flags
+                .max_body_bytes
+                .or(host.max_request_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            settings: serde_json::to_string(&webhook)?,
+            global_secrets: global_secrets::Source {
+                env_prefix: file.secrets.env_prefix,
+                dir: Some(
+                    flags
+                        .global_secrets_dir
+                        .clone()
+                        .unwrap_or(file.secrets.secrets_prefix),
+                ),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "webhook:\n  listenPort: 8443\n  certDir: /certs\n  onError: allow\n  secretManagerType: K8s\n\
+             secrets:\n  secrets-prefix: /s\n  env-prefix: MY_\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.listen.port(), 8443);
+        assert_eq!(config.cert_dir, Path::new("/certs"));
+        assert_eq!(config.on_error, OnError::Allow);
+        assert_eq!(config.global_secrets.env_prefix, "MY_");
+        assert!(config.settings.contains("\"secretManagerType\":\"K8s\""));
+
+        let flags = Overrides {
+            on_error: Some(OnError::Deny),
+            cert_dir: Some("/other".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&path), &flags).unwrap();
+        assert_eq!(config.on_error, OnError::Deny);
+        assert_eq!(config.cert_dir, Path::new("/other"));
+    }
+
+    #[test]
+    fn no_file_means_defaults() {
+        let config = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(config.listen.port(), 9443);
+        assert_eq!(config.settings, "null");
+        assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        let local = Config::load(
+            None,
+            &Overrides {
+                local: true,
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(local.cert_dir, Path::new(LOCAL_CERT_DIR));
+    }
+
+    #[test]
+    fn a_bad_value_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "webhook:\n  onError: sometimes\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("sometimes"), "{err:#}");
+    }
+}

@@ -1,0 +1,13 @@
+//! secrets-webhook: a Kubernetes mutating admission webhook that injects Flyte secrets into pods.
+//!
+//! A request flows one way: [`server`] (TLS from [`tls`], HTTP) → [`admission`] (AdmissionReview
+//! v1) → [`policy`] (the wasm guest, with [`global_secrets`]) → JSON Patch → AdmissionResponse.
+
+pub mod admission;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod global_secrets;
+pub mod policy;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,372 @@
+//! Runs the mutation policy, a wasm component of world `secrets-webhook:policy/mutation`.
+//!
+//! One [`Engine`] compiles components off the request path into a [`Policy`] holding a
+//! pre-instantiated component. Each request gets a fresh [`Store`] (nothing leaks between pods),
+//! capped in memory, with an epoch deadline: a trap, a loop or a memory bomb becomes a
+//! [`PolicyFailure`], never a crash. The policy gets one capability, the global-secret lookup;
+//! every other import (the WASI interfaces Rust's std links) traps if called.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap,
+};
+
+use crate::global_secrets::GlobalSecrets;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "mutation",
+    });
+}
+
+pub use bindings::secrets_webhook::policy::types::{Denied, Outcome, Patched, Review};
+
+/// The world this host speaks, for messages.
+pub const WORLD: &str = "secrets-webhook:policy/mutation@0.1.0";
+
+/// The policy built from `guest/` and embedded in this binary.
+pub const EMBEDDED: &[u8] = include_bytes!(env!("SECRETS_WEBHOOK_EMBEDDED_POLICY"));
+
+/// How long an epoch tick lasts; deadlines are counted in ticks.
+const TICK: Duration = Duration::from_millis(1);
+
+/// What a policy may use per request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Linear memory per instance.
+    pub memory_bytes: usize,
+    /// Wall-clock budget of one call.
+    pub deadline: Duration,
+    /// Instances alive at once; callers wait for a slot beyond that.
+    pub max_concurrent: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_secs(1),
+            max_concurrent: 64,
+        }
+    }
+}
+
+/// Why a policy call produced no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFailure {
+    #[error("policy {digest} exceeded its {deadline:?} deadline")]
+    Deadline { digest: String, deadline: Duration },
+    #[error("policy {digest} ran out of memory (limit {limit} bytes)")]
+    OutOfMemory { digest: String, limit: usize },
+    #[error("policy {digest} trapped: {reason}")]
+    Trap { digest: String, reason: String },
+    #[error("policy {digest} returned an error: {reason}")]
+    Error { digest: String, reason: String },
+}
+
+/// The wasm engine shared by every policy, with its epoch ticker.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    limits: Limits,
+    _ticker: Arc<Ticker>,
+}
+
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(limits: Limits) -> Result<Self> {
+        let engine = match Engine::new(&config(limits, true)) {
+            Ok(engine) => engine,
+            Err(err) => {
+                // Pooling reserves address space up front; some sandboxes forbid that.
+                tracing::warn!(error = %err, "pooling allocator unavailable; allocating on demand");
+                Engine::new(&config(limits, false))?
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticking = engine.clone();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Self {
+            engine,
+            limits,
+            _ticker: Arc::new(Ticker(stop)),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Compiles `wasm` and checks that it implements our world. Slow (tens of milliseconds):
+    /// never on the request path.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Policy> {
+        let digest = hex(&Sha256::digest(wasm));
+        let short = digest[..12].to_owned();
+        let component = Component::new(&self.engine, wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("policy {short} is not a valid wasm component"))?;
+        let mut linker = Linker::<GuestState>::new(&self.engine);
+        bindings::Mutation::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        linker.define_unknown_imports_as_traps(&component)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(bindings::MutationPre::new)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("policy {short} does not implement world {WORLD}"))?;
+        Ok(Policy {
+            runtime: self.clone(),
+            pre,
+            digest,
+        })
+    }
+}
+
+fn config(limits: Limits, pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    if pooling {
+        let slots = limits.max_concurrent.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 8)
+            .max_memory_size(limits.memory_bytes);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Per-request state: the memory cap and the global secrets snapshot.
+struct GuestState {
+    cap: MemoryCap,
+    globals: Arc<GlobalSecrets>,
+}
+
+/// Refuses growth past the limit and remembers that it did: the guest's allocator then aborts
+/// with a bare `unreachable` trap, which alone would not say why.
+struct MemoryCap {
+    limit: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let fits = desired <= self.limit;
+        self.hit |= !fits;
+        Ok(fits)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let fits = desired <= MAX_TABLE_ELEMENTS;
+        self.hit |= !fits;
+        Ok(fits)
+    }
+}
+
+/// Tables hold function references; no honest policy needs more.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl bindings::secrets_webhook::policy::types::Host for GuestState {}
+
+impl bindings::secrets_webhook::policy::global_secrets::Host for GuestState {
+    fn lookup(&mut self, group: String, key: String) -> Option<String> {
+        self.globals.lookup(&group, &key).map(str::to_owned)
+    }
+}
+
+/// A compiled, checked policy, ready to instantiate per request.
+pub struct Policy {
+    runtime: Runtime,
+    pre: bindings::MutationPre<GuestState>,
+    digest: String,
+}
+
+impl Policy {
+    /// The hex SHA-256 of the component's bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    fn short_digest(&self) -> String {
+        self.digest[..12].to_owned()
+    }
+
+    fn store(&self, globals: Arc<GlobalSecrets>) -> Store<GuestState> {
+        let limits = self.runtime.limits;
+        let state = GuestState {
+            cap: MemoryCap {
+                limit: limits.memory_bytes,
+                hit: false,
+            },
+            globals,
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|state| &mut state.cap);
+        let ticks = (limits.deadline.as_millis() / TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store
+    }
+
+    /// Checks settings with the policy's own `validate-settings`.
+    pub fn validate_settings(&self, settings: &str) -> Result<()> {
+        let mut store = self.store(Arc::default());
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| {
+                instance
+                    .secrets_webhook_policy_policy()
+                    .call_validate_settings(&mut store, settings)
+            })
+            .map_err(|err| self.failure(&store, err))?;
+        result.map_err(|reason| {
+            anyhow!(
+                "policy {} rejects the settings: {reason}",
+                self.short_digest()
+            )
+        })
+    }
+
+    /// Runs `mutate` on one review in a fresh instance.
+    pub fn mutate(
+        &self,
+        settings: &str,
+        review: &Review,
+        globals: Arc<GlobalSecrets>,
+    ) -> Result<Outcome, PolicyFailure> {
+        let mut store = self.store(globals);
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| {
+                instance
+                    .secrets_webhook_policy_policy()
+                    .call_mutate(&mut store, settings, review)
+            })
+            .map_err(|err| self.failure(&store, err))?;
+        result.map_err(|reason| PolicyFailure::Error {
+            digest: self.short_digest(),
+            reason,
+        })
+    }
+
+    fn failure(&self, store: &Store<GuestState>, err: wasmtime::Error) -> PolicyFailure {
+        let digest = self.short_digest();
+        let limits = self.runtime.limits;
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => PolicyFailure::Deadline {
+                digest,
+                deadline: limits.deadline,
+            },
+            _ if store.data().cap.hit => PolicyFailure::OutOfMemory {
+                digest,
+                limit: limits.memory_bytes,
+            },
+            _ => PolicyFailure::Trap {
+                digest,
+                reason: format!("{err:#}"),
+            },
+        }
+    }
+}
+
+/// The review every policy must answer before it is put in service.
+pub fn probe_review() -> Review {
+    Review {
+        uid: "secrets-webhook-probe".to_owned(),
+        namespace: "default".to_owned(),
+        operation: "CREATE".to_owned(),
+        dry_run: true,
+        object: PROBE_POD.to_owned(),
+    }
+}
+
+/// A pod asking for one K8s secret: every policy must answer it without failing.
+const PROBE_POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe","namespace":"default","labels":{"inject-flyte-secrets":"true"},"annotations":{"flyte.secrets/s0":"m4zg54lqhiqce3dsn4rgkiqknnsxsoraej1g512fnyrau"}},"spec":{"containers":[{"name":"main","image":"busybox"}]}}"#;
+
+/// The policy in service, with the settings and global secrets it runs with. Each request loads
+/// the current policy once, so a swap never changes a request midway.
+pub struct Active {
+    policy: arc_swap::ArcSwap<Policy>,
+    settings: Arc<str>,
+    globals: arc_swap::ArcSwap<GlobalSecrets>,
+}
+
+impl Active {
+    /// Puts `policy` in service after it accepts `settings` and answers the probe.
+    pub fn new(policy: Policy, settings: &str, globals: GlobalSecrets) -> Result<Self> {
+        admit(&policy, settings)?;
+        Ok(Self {
+            policy: arc_swap::ArcSwap::from_pointee(policy),
+            settings: settings.into(),
+            globals: arc_swap::ArcSwap::from_pointee(globals),
+        })
+    }
+
+    /// The digest of the policy in service.
+    pub fn digest(&self) -> String {
+        self.policy.load().digest.clone()
+    }
+
+    /// Replaces the global secrets snapshot.
+    pub fn set_globals(&self, globals: GlobalSecrets) {
+        self.globals.store(Arc::new(globals));
+    }
+}
+
+/// The checks a policy passes before it serves: settings accepted, probe answered.
+pub fn admit(policy: &Policy, settings: &str) -> Result<()> {
+    policy.validate_settings(settings)?;
+    policy
+        .mutate(settings, &probe_review(), Arc::default())
+        .map_err(anyhow::Error::from)
+        .context("the policy failed its self-check")?;
+    Ok(())
+}
+
+impl crate::admission::Mutator for Active {
+    fn mutate(&self, review: &Review) -> Result<Outcome, PolicyFailure> {
+        let policy = self.policy.load();
+        policy.mutate(&self.settings, review, self.globals.load_full())
+    }
+}

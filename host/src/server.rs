@@ -1,0 +1,295 @@
+//! The HTTPS server: TLS handshake, HTTP/1.1 or HTTP/2, routing, body limits, and a graceful stop.
+//!
+//! Routes: `POST /mutate` and Flyte's `POST /mutate--v1-pod` answer AdmissionReviews;
+//! `GET /healthz` says the process is alive; `GET /readyz` says it is serving a policy, and which.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admission::{self, Mutator, OnError, Verdict};
+
+/// What the server needs besides the listener and the TLS config.
+pub struct App {
+    pub mutator: Arc<dyn Mutator>,
+    /// Names the policy in service, for `/readyz`.
+    pub describe_policy: Box<dyn Fn() -> String + Send + Sync>,
+    pub on_error: OnError,
+    pub limits: Limits,
+}
+
+/// Protection against slow, large or greedy clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// For the TLS handshake, and for HTTP/1 request headers (slowloris).
+    pub header_timeout: Duration,
+    /// HTTP/2 streams one connection may have open (rapid-reset floods stay bounded).
+    pub max_streams: u32,
+    /// Reviews being evaluated at once; more wait their turn.
+    pub max_concurrent_reviews: usize,
+    /// How long a stop waits for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
+            header_timeout: Duration::from_secs(10),
+            max_streams: 64,
+            max_concurrent_reviews: 64,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+struct Shared {
+    app: App,
+    draining: AtomicBool,
+    reviews: Semaphore,
+}
+
+/// A running server.
+pub struct Handle {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, fails `/readyz`, lets requests in flight finish, and returns when done.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `listen` and serves until [`Handle::shutdown`].
+pub async fn spawn(listen: SocketAddr, tls: Arc<ServerConfig>, app: App) -> Result<Handle> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        reviews: Semaphore::new(app.limits.max_concurrent_reviews.max(1)),
+        app,
+        draining: AtomicBool::new(false),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(tls),
+        shared,
+        stopped,
+    ));
+    Ok(Handle { addr, stop, task })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let watcher = graceful.watcher();
+                    tokio::spawn(connection(tcp, peer, acceptor.clone(), shared.clone(), watcher));
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped.changed() => break,
+        }
+    }
+    shared.draining.store(true, Ordering::SeqCst);
+    drop(listener);
+    let drain = shared.app.limits.drain_timeout;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "requests still in flight after the drain timeout; closing"
+        );
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let _ = tcp.set_nodelay(true);
+    let limits = shared.app.limits;
+    let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_pending_accept_reset_streams(limits.max_streams as usize)
+        .keep_alive_interval(Duration::from_secs(30));
+    let service = service_fn(move |request| route(shared.clone(), request));
+    let conn = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .into_owned();
+    if let Err(err) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+const MUTATE_PATHS: [&str; 2] = ["/mutate", "/mutate--v1-pod"];
+
+async fn route(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path();
+    let known = MUTATE_PATHS.contains(&path) || path == "/healthz" || path == "/readyz";
+    Ok(match (request.method(), path) {
+        (&Method::POST, p) if MUTATE_PATHS.contains(&p) => mutate(&shared, request).await,
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
+        (&Method::GET, "/readyz") if shared.draining.load(Ordering::SeqCst) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_owned(),
+        ),
+        (&Method::GET, "/readyz") => text(
+            StatusCode::OK,
+            format!("ready policy={}\n", (shared.app.describe_policy)()),
+        ),
+        _ if known => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".to_owned(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    })
+}
+
+async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let limit = shared.app.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return too_large(limit);
+    }
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => return too_large(limit),
+        Err(err) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {err}\n"),
+            );
+        }
+    };
+    let Ok(_slot) = shared.reviews.acquire().await else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_owned(),
+        );
+    };
+    let worker = shared.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        admission::review(&body, worker.app.mutator.as_ref(), worker.app.on_error)
+    })
+    .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(err) => {
+            tracing::error!(error = %err, "review worker failed");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n".to_owned(),
+            );
+        }
+    };
+    log_reply(&reply, started);
+    Response::builder()
+        .status(reply.http_status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(reply.body)))
+        .unwrap_or_else(|_| {
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n".to_owned(),
+            )
+        })
+}
+
+fn log_reply(reply: &admission::Reply, started: Instant) {
+    let micros = started.elapsed().as_micros() as u64;
+    match reply.verdict {
+        Verdict::Unchanged | Verdict::Patched => {
+            tracing::debug!(uid = %reply.uid, verdict = ?reply.verdict, micros, "review answered");
+        }
+        Verdict::Denied | Verdict::Failed | Verdict::Invalid => {
+            tracing::warn!(uid = %reply.uid, verdict = ?reply.verdict, micros, "review refused");
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Response<Full<Bytes>> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body exceeds the limit of {limit} bytes\n"),
+    )
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

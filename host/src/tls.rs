@@ -1,0 +1,113 @@
+//! The HTTPS side: a rustls server config (TLS 1.2 and 1.3, ring, ALPN h2 and http/1.1) whose
+//! certificate can be swapped while connections stay up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::certs::{CERT_FILE, KEY_FILE};
+
+/// The one crypto provider; naming it everywhere keeps a second one from sneaking in.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM certificate chain and private key and checks that they belong together.
+pub fn load_certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the certificate chain")?;
+    anyhow::ensure!(!chain.is_empty(), "no certificate in the chain file");
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("reading the private key")?;
+    CertifiedKey::from_der(chain, key, &provider()).context("the key does not fit the certificate")
+}
+
+/// Serves whichever certificate was loaded last.
+#[derive(Debug)]
+pub struct CertStore {
+    dir: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    /// The file contents `current` was made from, to notice changes cheaply.
+    loaded_from: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl CertStore {
+    /// Loads `tls.crt` and `tls.key` from `dir`.
+    pub fn open(dir: &Path) -> Result<Arc<Self>> {
+        let (chain, key) = read_pair(dir)?;
+        let certified = load_certified_key(&chain, &key)
+            .with_context(|| format!("loading the serving certificate from {}", dir.display()))?;
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            current: ArcSwap::from_pointee(certified),
+            loaded_from: std::sync::Mutex::new((chain, key)),
+        }))
+    }
+
+    /// Loads the files again if they changed. A pair that does not load keeps the old one.
+    pub fn reload(&self) -> Result<bool> {
+        let (chain, key) = read_pair(&self.dir)?;
+        let mut loaded = self.loaded_from.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.0 == chain && loaded.1 == key {
+            return Ok(false);
+        }
+        let certified = load_certified_key(&chain, &key)?;
+        self.current.store(Arc::new(certified));
+        *loaded = (chain, key);
+        Ok(true)
+    }
+
+    /// Polls the directory; Secret volumes change by swapping a symlink, which polling sees.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            match self.reload() {
+                Ok(true) => {
+                    tracing::info!(dir = %self.dir.display(), "serving certificate reloaded")
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(
+                    dir = %self.dir.display(),
+                    error = format!("{err:#}"),
+                    "new serving certificate rejected; keeping the old one"
+                ),
+            }
+        }
+    }
+}
+
+fn read_pair(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    Ok((read(CERT_FILE)?, read(KEY_FILE)?))
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// TLS 1.2 and 1.3 only, HTTP/2 preferred over HTTP/1.1.
+pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<ServerConfig>> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .context("choosing TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
