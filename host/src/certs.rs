@@ -133,7 +133,7 @@ mod tests {
             .iter()
             .map(|n| n.to_string())
             .collect();
-        assert_eq!(rendered, ["DNSName(svc.ns.svc)", "IPAddress(10.0.0.1)"]);
+        assert_eq!(rendered, ["DNSName(svc.ns.svc)", "IPAddress(0a:00:00:01)"]);
         let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
             / 86400;
         assert_eq!(days, 365);
