@@ -42,6 +42,9 @@ enum Command {
     Serve(ServeArgs),
     /// Run the policy on one AdmissionReview or Pod (JSON or YAML) and print the result.
     Mutate(MutateArgs),
+    /// Mark a Pod (or a Deployment, Job, CronJob… pod template) as Flyte does: the opt-in label and
+    /// one `flyte.secrets/s<N>` annotation per secret. Prints the result.
+    Annotate(AnnotateArgs),
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -101,6 +104,44 @@ struct MutateArgs {
     file: PathBuf,
 }
 
+#[derive(Args)]
+struct AnnotateArgs {
+    /// A secret request: `group=G,key=K[,version=V][,mount=ANY|ENV_VAR|FILE][,env_var=E]`.
+    /// Repeat for several; they become s0, s1, … in this order.
+    #[arg(long = "secret", required = true, value_parser = parse_secret)]
+    secrets: Vec<secrets_policy::Secret>,
+    /// The object, JSON or YAML; `-` for standard input. Printed back in the same format.
+    file: PathBuf,
+}
+
+fn parse_secret(spec: &str) -> Result<secrets_policy::Secret, String> {
+    let mut secret = secrets_policy::Secret::default();
+    for field in spec.split(',') {
+        let (name, value) = field
+            .split_once('=')
+            .ok_or_else(|| format!("{field:?} is not name=value"))?;
+        let value = value.to_owned();
+        match name.trim() {
+            "group" => secret.group = value,
+            "key" => secret.key = value,
+            "version" | "group_version" => secret.group_version = value,
+            "env_var" => secret.env_var = value,
+            "mount" | "mount_requirement" => {
+                secret.mount_requirement = secrets_policy::MountRequirement::from_name(
+                    &value.to_uppercase(),
+                )
+                .ok_or_else(|| format!("mount must be ANY, ENV_VAR or FILE, not {value:?}"))?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown field {other:?}; expected group, key, version, mount, env_var"
+                ));
+            }
+        }
+    }
+    Ok(secret)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     /// The AdmissionReview response.
@@ -157,6 +198,7 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mutate(args) => mutate(args),
+        Command::Annotate(args) => annotate(args),
         Command::Policy(PolicyCommand::Export { file }) => {
             std::fs::write(&file, policy::EMBEDDED)
                 .with_context(|| format!("writing {}", file.display()))?;
@@ -314,6 +356,28 @@ async fn stop_signal() {
     let _ = ctrl_c.await;
 }
 
+fn read_input(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        Ok(std::io::read_to_string(std::io::stdin())?)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+fn annotate(args: AnnotateArgs) -> Result<ExitCode> {
+    let text = read_input(&args.file)?;
+    let mut object: Value =
+        serde_yaml::from_str(&text).context("the input is neither JSON nor YAML")?;
+    secrets_policy::annotations::annotate_object(&mut object, &args.secrets)
+        .map_err(anyhow::Error::msg)?;
+    if text.trim_start().starts_with('{') {
+        println!("{}", serde_json::to_string_pretty(&object)?);
+    } else {
+        print!("{}", serde_yaml::to_string(&object)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn mutate(args: MutateArgs) -> Result<ExitCode> {
     let overrides = Overrides {
         on_error: args.policy.on_error,
@@ -321,12 +385,7 @@ fn mutate(args: MutateArgs) -> Result<ExitCode> {
         ..Overrides::default()
     };
     let config = Config::load(args.policy.config.as_deref(), &overrides)?;
-    let text = if args.file == Path::new("-") {
-        std::io::read_to_string(std::io::stdin())?
-    } else {
-        std::fs::read_to_string(&args.file)
-            .with_context(|| format!("reading {}", args.file.display()))?
-    };
+    let text = read_input(&args.file)?;
     let input: Value = serde_yaml::from_str(&text).context("the input is neither JSON nor YAML")?;
     let review = match input.get("kind").and_then(Value::as_str) {
         Some("AdmissionReview") => input,

@@ -19,14 +19,21 @@ fn labelled_pod() -> Value {
 
 async fn assert_still_serving(server: &TestServer) {
     let mut client = server.client().await;
-    let (status, response) = client.post("/mutate", serde_json::to_vec(&review_with(labelled_pod())).unwrap()).await;
+    let (status, response) = client
+        .post(
+            "/mutate",
+            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
+        )
+        .await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["response"]["allowed"], true);
     assert_eq!(response["response"]["patchType"], "JSONPatch");
 }
 
 fn message(response: &Value) -> &str {
-    response["response"]["status"]["message"].as_str().unwrap_or_default()
+    response["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,23 +41,61 @@ async fn malformed_reviews_get_400_with_a_reason() {
     let server = TestServer::start(Options::default()).await;
     let mut client = server.client().await;
     let mut without_uid = review_with(labelled_pod());
-    without_uid["request"].as_object_mut().unwrap().remove("uid");
+    without_uid["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("uid");
     let mut wrong_version = review_with(labelled_pod());
     wrong_version["apiVersion"] = json!("admission.k8s.io/v1beta1");
     let mut wrong_kind = review_with(labelled_pod());
     wrong_kind["kind"] = json!("ConfigMap");
     let mut without_object = review_with(labelled_pod());
-    without_object["request"].as_object_mut().unwrap().remove("object");
+    without_object["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("object");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("malformed JSON", b"{\"apiVersion\": ".to_vec(), "malformed AdmissionReview"),
+        (
+            "malformed JSON",
+            b"{\"apiVersion\": ".to_vec(),
+            "malformed AdmissionReview",
+        ),
         ("empty body", Vec::new(), "malformed AdmissionReview"),
-        ("not UTF-8", vec![0xff, 0xfe, 0x7b, 0x80], "malformed AdmissionReview"),
-        ("a JSON array", b"[1,2,3]".to_vec(), "malformed AdmissionReview"),
-        ("wrong apiVersion", serde_json::to_vec(&wrong_version).unwrap(), "expected apiVersion admission.k8s.io/v1"),
-        ("wrong kind", serde_json::to_vec(&wrong_kind).unwrap(), "kind AdmissionReview"),
-        ("no request", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), "has no request"),
-        ("no uid", serde_json::to_vec(&without_uid).unwrap(), "request.uid is missing"),
-        ("no object", serde_json::to_vec(&without_object).unwrap(), "request.object is missing"),
+        (
+            "not UTF-8",
+            vec![0xff, 0xfe, 0x7b, 0x80],
+            "malformed AdmissionReview",
+        ),
+        (
+            "a JSON array",
+            b"[1,2,3]".to_vec(),
+            "malformed AdmissionReview",
+        ),
+        (
+            "wrong apiVersion",
+            serde_json::to_vec(&wrong_version).unwrap(),
+            "expected apiVersion admission.k8s.io/v1",
+        ),
+        (
+            "wrong kind",
+            serde_json::to_vec(&wrong_kind).unwrap(),
+            "kind AdmissionReview",
+        ),
+        (
+            "no request",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            "has no request",
+        ),
+        (
+            "no uid",
+            serde_json::to_vec(&without_uid).unwrap(),
+            "request.uid is missing",
+        ),
+        (
+            "no object",
+            serde_json::to_vec(&without_object).unwrap(),
+            "request.object is missing",
+        ),
     ];
     for (name, body, reason) in cases {
         let (status, response) = client.post("/mutate", body).await;
@@ -60,7 +105,9 @@ async fn malformed_reviews_get_400_with_a_reason() {
         assert!(message(&response).contains(reason), "{name}: {response}");
     }
     // A review we can read but refuse still echoes its uid.
-    let (_, response) = client.post("/mutate", serde_json::to_vec(&wrong_version).unwrap()).await;
+    let (_, response) = client
+        .post("/mutate", serde_json::to_vec(&wrong_version).unwrap())
+        .await;
     assert_eq!(response["response"]["uid"], "test-uid");
     assert_still_serving(&server).await;
     server.stop().await;
@@ -79,7 +126,9 @@ async fn pods_that_are_not_pods_are_denied_not_crashed_on() {
     }
     let mut pod_with_bomb = labelled_pod();
     pod_with_bomb["spec"]["containers"][0]["args"] = json!("placeholder");
-    let text = serde_json::to_string(&review_with(pod_with_bomb)).unwrap().replace("\"placeholder\"", &deep);
+    let text = serde_json::to_string(&review_with(pod_with_bomb))
+        .unwrap()
+        .replace("\"placeholder\"", &deep);
     let (status, response) = client.post("/mutate", text.into_bytes()).await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["response"]["allowed"], false);
@@ -90,26 +139,53 @@ async fn pods_that_are_not_pods_are_denied_not_crashed_on() {
     );
     // Fields we do not read are skipped without recursion: no stack overflow, and a request
     // that is not a Pod CREATE passes unchanged.
-    let (status, response) = client.post("/mutate", bomb_outside_object.into_bytes()).await;
-    assert_eq!((status, &response["response"]["allowed"]), (200, &json!(true)), "{response}");
+    let (status, response) = client
+        .post("/mutate", bomb_outside_object.into_bytes())
+        .await;
+    assert_eq!(
+        (status, &response["response"]["allowed"]),
+        (200, &json!(true)),
+        "{response}"
+    );
 
-    let (status, response) = client.post("/mutate", serde_json::to_vec(&review_with(json!([1, 2]))).unwrap()).await;
+    let (status, response) = client
+        .post(
+            "/mutate",
+            serde_json::to_vec(&review_with(json!([1, 2]))).unwrap(),
+        )
+        .await;
     assert_eq!(status, 200);
-    assert!(message(&response).contains("not a JSON object"), "{response}");
+    assert!(
+        message(&response).contains("not a JSON object"),
+        "{response}"
+    );
 
     let mut bad_shape = labelled_pod();
     bad_shape["spec"]["containers"] = json!({"name": "main"});
-    let (_, response) = client.post("/mutate", serde_json::to_vec(&review_with(bad_shape)).unwrap()).await;
-    assert!(message(&response).contains("spec.containers is not a list"), "{response}");
+    let (_, response) = client
+        .post(
+            "/mutate",
+            serde_json::to_vec(&review_with(bad_shape)).unwrap(),
+        )
+        .await;
+    assert!(
+        message(&response).contains("spec.containers is not a list"),
+        "{response}"
+    );
 
     let mut many = labelled_pod();
     let annotations = many["metadata"]["annotations"].as_object_mut().unwrap();
     for i in 0..20_000 {
         annotations.insert(format!("example.com/a{i}"), json!("x"));
     }
-    let (status, response) = client.post("/mutate", serde_json::to_vec(&review_with(many)).unwrap()).await;
+    let (status, response) = client
+        .post("/mutate", serde_json::to_vec(&review_with(many)).unwrap())
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(response["response"]["patchType"], "JSONPatch", "20,000 annotations still work");
+    assert_eq!(
+        response["response"]["patchType"], "JSONPatch",
+        "20,000 annotations still work"
+    );
     assert_still_serving(&server).await;
     server.stop().await;
 }
@@ -120,7 +196,11 @@ async fn oversized_bodies_are_refused_at_the_limit() {
         max_body_bytes: 64 * 1024,
         ..Default::default()
     };
-    let server = TestServer::start(Options { limits, ..Options::default() }).await;
+    let server = TestServer::start(Options {
+        limits,
+        ..Options::default()
+    })
+    .await;
     let base = serde_json::to_vec(&review_with(labelled_pod())).unwrap();
     let padded = |len: usize| {
         // Whitespace is valid JSON, so only the size differs.
@@ -128,10 +208,16 @@ async fn oversized_bodies_are_refused_at_the_limit() {
         body.resize(len, b' ');
         body
     };
-    let (status, response) = server.client().await.post("/mutate", padded(64 * 1024)).await;
+    let (status, response) = server
+        .client()
+        .await
+        .post("/mutate", padded(64 * 1024))
+        .await;
     assert_eq!(status, 200, "exactly at the limit: {response}");
     for mut client in [server.client().await, server.client_h2().await] {
-        let (status, body) = client.request("POST", "/mutate", padded(64 * 1024 + 1)).await;
+        let (status, body) = client
+            .request("POST", "/mutate", padded(64 * 1024 + 1))
+            .await;
         assert_eq!(status, 413, "one byte over");
         assert!(String::from_utf8_lossy(&body).contains("exceeds the limit of 65536 bytes"));
     }
@@ -145,11 +231,17 @@ async fn routes_and_methods() {
     let mut client = server.client_h2().await;
     assert_eq!(client.request("GET", "/mutate", Vec::new()).await.0, 405);
     assert_eq!(client.request("POST", "/validate", Vec::new()).await.0, 404);
-    assert_eq!(client.request("GET", "/healthz", Vec::new()).await, (200, b"ok\n".to_vec()));
+    assert_eq!(
+        client.request("GET", "/healthz", Vec::new()).await,
+        (200, b"ok\n".to_vec())
+    );
     let (status, body) = client.request("GET", "/readyz", Vec::new()).await;
     assert_eq!(status, 200);
     let digest = server.active.digest();
-    assert_eq!(String::from_utf8(body).unwrap(), format!("ready policy={digest}\n"));
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("ready policy={digest}\n")
+    );
     server.stop().await;
 }
 
@@ -159,11 +251,18 @@ async fn slow_and_plaintext_clients_are_cut_off() {
         header_timeout: Duration::from_millis(500),
         ..Default::default()
     };
-    let server = TestServer::start(Options { limits, ..Options::default() }).await;
+    let server = TestServer::start(Options {
+        limits,
+        ..Options::default()
+    })
+    .await;
 
     // Plaintext HTTP on the TLS port: the handshake fails and the connection closes.
     let mut plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    plain.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server must close a plaintext connection");
@@ -177,10 +276,15 @@ async fn slow_and_plaintext_clients_are_cut_off() {
 
     // Slowloris: TLS is up but the headers never finish.
     let mut slow = server.tls_stream(&[b"http/1.1"]).await;
-    slow.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    slow.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
-    assert!(read.is_ok(), "a client that never finishes its headers is disconnected");
+    assert!(
+        read.is_ok(),
+        "a client that never finishes its headers is disconnected"
+    );
 
     assert_still_serving(&server).await;
     server.stop().await;

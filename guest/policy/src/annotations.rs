@@ -144,6 +144,67 @@ pub fn encode_requests(secrets: &[Secret]) -> Result<Vec<(String, String)>, Stri
         .collect()
 }
 
+/// Marks `object` as Flyte does: the opt-in label and one annotation per secret, replacing any
+/// secret annotations it had. A Pod is marked itself; a Deployment, StatefulSet, DaemonSet,
+/// ReplicaSet or Job in its pod template; a CronJob in its job template's pod template.
+pub fn annotate_object(object: &mut Value, secrets: &[Secret]) -> Result<(), String> {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let pointer = match kind.as_str() {
+        "Pod" => "/metadata",
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            "/spec/template/metadata"
+        }
+        "CronJob" => "/spec/jobTemplate/spec/template/metadata",
+        "" => return Err("the object has no kind".to_owned()),
+        other => {
+            return Err(format!(
+                "cannot annotate a {other}: not a Pod or a pod template owner"
+            ));
+        }
+    };
+    let encoded = encode_requests(secrets)?;
+    let metadata = ensure_object(object, pointer)?;
+    ensure_field(metadata, "labels")?.insert(POD_LABEL.to_owned(), Value::from(POD_LABEL_VALUE));
+    let annotations = ensure_field(metadata, "annotations")?;
+    annotations.retain(|key, _| !key.starts_with(ANNOTATION_PREFIX));
+    for (key, value) in encoded {
+        annotations.insert(key, Value::String(value));
+    }
+    Ok(())
+}
+
+fn ensure_object<'a>(
+    root: &'a mut Value,
+    pointer: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
+    let mut current = root;
+    for token in pointer.split('/').skip(1) {
+        let map = current
+            .as_object_mut()
+            .ok_or_else(|| format!("{pointer}: {token}'s parent is not an object"))?;
+        current = map
+            .entry(token)
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    current
+        .as_object_mut()
+        .ok_or_else(|| format!("{pointer} is not an object"))
+}
+
+fn ensure_field<'a>(
+    map: &'a mut Map<String, Value>,
+    field: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
+    map.entry(field)
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or_else(|| format!("metadata.{field} is not an object"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +309,42 @@ mod tests {
             json!({"inject-flyte-secrets": "false"}).as_object()
         ));
         assert!(!has_opt_in_label(None));
+    }
+
+    #[test]
+    fn annotate_marks_pods_and_templates_and_round_trips() {
+        let secrets = vec![
+            Secret {
+                group: "db".into(),
+                key: "pass".into(),
+                ..Secret::default()
+            },
+            Secret {
+                group: "g".into(),
+                key: "k".into(),
+                mount_requirement: MountRequirement::File,
+                ..Secret::default()
+            },
+        ];
+        let mut pod = json!({"kind": "Pod", "metadata": {"annotations": {"flyte.secrets/s7": "old", "keep": "me"}}});
+        annotate_object(&mut pod, &secrets).unwrap();
+        assert_eq!(pod["metadata"]["labels"][POD_LABEL], POD_LABEL_VALUE);
+        assert_eq!(pod["metadata"]["annotations"]["keep"], "me");
+        let decoded: Vec<Secret> =
+            decode_requests(pod["metadata"]["annotations"].as_object().unwrap())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.secret)
+                .collect();
+        assert_eq!(decoded, secrets);
+
+        let mut cron = json!({"kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": {"spec": {}}}}}});
+        annotate_object(&mut cron, &secrets).unwrap();
+        assert!(
+            cron.pointer("/spec/jobTemplate/spec/template/metadata/annotations/flyte.secrets~1s1")
+                .is_some()
+        );
+        assert!(annotate_object(&mut json!({"kind": "Service"}), &secrets).is_err());
+        assert!(annotate_object(&mut json!({"kind": "Pod", "metadata": []}), &secrets).is_err());
     }
 }

@@ -73,6 +73,20 @@ pub fn check_dns1123_label(name: &str) -> Result<(), String> {
     }
 }
 
+/// A short, stable identifier for `parts` (FNV-1a, 64 bits, hex): the same on every platform and
+/// build, which std's hasher does not promise. Used where Flyte used random names, so that a
+/// reinvocation produces the same pod.
+pub fn stable_id(parts: &[&str]) -> String {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for part in parts {
+        // A separator byte no part can contain keeps ("ab","c") apart from ("a","bc").
+        for byte in part.bytes().chain([0xff]) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +134,12 @@ mod tests {
         assert!(check_dns1123_label("m4ze5vkql3").is_ok());
         assert!(check_dns1123_label(&"a".repeat(64)).is_err());
         assert!(check_dns1123_label("A").is_err());
+    }
+
+    #[test]
+    fn stable_ids() {
+        assert_eq!(stable_id(&["a", "b"]), stable_id(&["a", "b"]));
+        assert_ne!(stable_id(&["ab", "c"]), stable_id(&["a", "bc"]));
+        assert_eq!(stable_id(&[]).len(), 16);
     }
 }

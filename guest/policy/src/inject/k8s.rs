@@ -9,7 +9,7 @@ use super::{
 };
 use crate::annotations::base32_encode;
 use crate::names::{
-    check_dns1123_label, check_dns1123_subdomain, check_env_var_name, check_secret_key,
+    check_dns1123_label, check_dns1123_subdomain, check_env_var_name, check_secret_key, stable_id,
 };
 use crate::pod;
 use crate::secret::{MountRequirement, Secret};
@@ -57,14 +57,7 @@ fn volume_name(secret: &Secret) -> String {
     if check_dns1123_label(&flyte).is_ok() {
         return flyte;
     }
-    // FNV-1a: stable across builds and platforms, which std's hasher does not promise.
-    let hash = secret
-        .group
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    format!("flyte-secret-{hash:016x}")
+    format!("flyte-secret-{}", stable_id(&[&secret.group]))
 }
 
 /// Mounts the group's Secret at `/etc/flyte/secrets/<group>`. All keys of a group share one volume

@@ -1,8 +1,13 @@
 //! The secret managers. Each one either injects a secret into the pod or refuses it with a reason,
 //! and refuses before it edits anything, so the next manager starts from a clean pod.
 
+mod aws;
+mod azure;
+mod gcp;
 mod global;
 mod k8s;
+mod puller;
+mod vault;
 
 use serde_json::{Map, Value, json};
 
@@ -68,9 +73,10 @@ pub fn inject(
     match manager {
         ManagerType::Global => global::inject(cx, pod, secret),
         ManagerType::K8s => k8s::inject(cx, pod, secret),
-        other => refuse(format!(
-            "secret manager {other} is not supported by this policy version"
-        )),
+        ManagerType::Vault => vault::inject(cx, pod, secret),
+        ManagerType::Aws => aws::inject(cx, pod, secret),
+        ManagerType::Gcp => gcp::inject(cx, pod, secret),
+        ManagerType::Azure => azure::inject(cx, pod, secret),
     }
 }
 

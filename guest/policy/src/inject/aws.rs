@@ -1,0 +1,44 @@
+//! AWS Secrets Manager: the AWS sidecar image as an init container, which writes the secret
+//! `SECRET_ARN` to `/tmp/<SECRET_FILENAME>`; the volume at `/tmp` is `/etc/flyte/secrets` elsewhere.
+
+use serde_json::{Map, Value};
+
+use super::puller::Puller;
+use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, env_value, refuse, require};
+use crate::secret::{MountRequirement, Secret};
+
+pub fn inject(
+    cx: &Context<'_>,
+    pod: &mut Map<String, Value>,
+    secret: &Secret,
+) -> Result<(), InjectError> {
+    require(secret, true, true, "AWS")?;
+    if secret.mount_requirement == MountRequirement::EnvVar {
+        return refuse("unrecognized mount requirement [ENV_VAR] for AWS Secrets Manager");
+    }
+    check_custom_env_var(secret)?;
+    // Convention: group is the ARN up to `secret`, key the secret's name with its suffix.
+    let arn = format!(
+        "{}:{}",
+        secret.group.trim_end_matches(':'),
+        secret.key.trim_start_matches(':')
+    );
+    let file = format!(
+        "/{}/{}",
+        secret.group.to_lowercase(),
+        secret.key.to_lowercase()
+    );
+    Puller {
+        name_prefix: "aws-pull-secret",
+        volume: "aws-secret-vol",
+        mount_path: "/tmp",
+        settings: &cx.settings.aws_secret_manager,
+        env: vec![
+            env_value("SECRET_ARN", &arn),
+            env_value("SECRET_FILENAME", &file),
+        ],
+        command: None,
+        path: format!("{MOUNT_ROOT}{file}"),
+    }
+    .inject(pod, secret)
+}

@@ -1,0 +1,84 @@
+//! The cloud managers (AWS, GCP, Azure): one init container per secret pulls it into a
+//! memory-backed volume, which every other container mounts read-only at `/etc/flyte/secrets`.
+//!
+//! Pullers are numbered by the init containers before them (`aws-pull-secret-<N>`), as in Flyte;
+//! a reinvocation finds a secret's puller by what it pulls, not by its number, and adds nothing.
+
+use serde_json::{Map, Value, json};
+
+use super::{InjectError, MOUNT_ROOT, file_env};
+use crate::pod;
+use crate::secret::Secret;
+use crate::settings::PullerSettings;
+
+/// One manager's puller for one secret.
+pub struct Puller<'a> {
+    /// `aws-pull-secret`, …; the container is `<prefix>-<N>`.
+    pub name_prefix: &'static str,
+    /// `aws-secret-vol`, …
+    pub volume: &'static str,
+    /// Where the puller itself mounts the volume (read-write).
+    pub mount_path: &'static str,
+    pub settings: &'a PullerSettings,
+    /// The puller's own env vars, before the ones every container gets.
+    pub env: Vec<Value>,
+    pub command: Option<Vec<String>>,
+    /// The file the secret lands in, for the custom `env_var`.
+    pub path: String,
+}
+
+impl Puller<'_> {
+    /// Whether `container` is this puller from an earlier invocation.
+    fn is_same(&self, container: &Value) -> bool {
+        let named = container
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|name| name.starts_with(self.name_prefix));
+        let env = container.get("env").and_then(Value::as_array);
+        let has_env = self
+            .env
+            .iter()
+            .all(|var| env.is_some_and(|env| env.contains(var)));
+        let command = self.command.as_ref().map(|c| json!(c));
+        named && has_env && container.get("command") == command.as_ref()
+    }
+
+    pub fn inject(self, pod: &mut Map<String, Value>, secret: &Secret) -> Result<(), InjectError> {
+        pod::add_volume(
+            pod,
+            json!({"name": self.volume, "emptyDir": {"medium": "Memory"}}),
+        )?;
+        let shared = file_env(secret, &self.path);
+        let read_only = json!({"name": self.volume, "mountPath": MOUNT_ROOT, "readOnly": true});
+        for container in pod::containers(pod)? {
+            // Pullers of this manager have the volume already, read-write.
+            let name = container.get("name").and_then(Value::as_str);
+            if name.is_some_and(|name| name.starts_with(self.name_prefix)) {
+                continue;
+            }
+            pod::append_mount(container, &read_only)?;
+            pod::append_env(container, &shared)?;
+        }
+        let existing = pod.get("spec").and_then(|s| s.get("initContainers"));
+        let present = existing
+            .and_then(Value::as_array)
+            .is_some_and(|list| list.iter().any(|c| self.is_same(c)));
+        if present {
+            return Ok(());
+        }
+        let mut env = self.env;
+        env.extend(shared);
+        let mut container = json!({
+            "name": format!("{}-{}", self.name_prefix, pod::init_container_count(pod)),
+            "image": self.settings.sidecar_image,
+            "env": env,
+            "resources": self.settings.resources,
+            "volumeMounts": [{"name": self.volume, "mountPath": self.mount_path}],
+        });
+        if let Some(command) = self.command {
+            container["command"] = json!(command);
+        }
+        pod::append_init_container(pod, container)?;
+        Ok(())
+    }
+}
