@@ -1,4 +1,6 @@
-//! Builds the default policy (`guest/component`) for wasm32-wasip2 so the binary can embed it.
+//! Builds the default policy (`guest/component`) for wasm32-wasip2 so the binary can embed it, and
+//! the policies the tests need: the hostile one (`guest/testing`) and the example
+//! (`examples/annotating-policy`). One cargo invocation builds all three in parallel.
 //!
 //! The guest gets its own target directory: the outer build holds the lock on the usual one.
 //! Variables cargo sets for build scripts (and clippy's wrapper) are cleared so the inner build is
@@ -9,14 +11,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const PACKAGE: &str = "secrets-policy-component";
+/// Package → file name in OUT_DIR.
+const POLICIES: [(&str, &str); 3] = [
+    ("secrets-policy-component", "mutation.wasm"),
+    ("secrets-policy-hostile", "hostile.wasm"),
+    ("annotating-policy", "annotating.wasm"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let workspace = manifest_dir
         .parent()
         .expect("host/ is inside the workspace");
-    for watched in ["guest", "wit", "Cargo.lock", "Cargo.toml"] {
+    for watched in ["guest", "wit", "examples", "Cargo.lock", "Cargo.toml"] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()
@@ -33,7 +40,8 @@ fn main() {
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
-        .args(["build", "--release", "-p", PACKAGE, "--target", TARGET])
+        .args(["build", "--release", "--target", TARGET])
+        .args(POLICIES.iter().flat_map(|(package, _)| ["-p", package]))
         .arg("--target-dir")
         .arg(&guest_target);
     for (name, _) in env::vars_os() {
@@ -65,16 +73,22 @@ fn main() {
         "building the guest policy for {TARGET} failed"
     );
 
-    let built = guest_target
-        .join(TARGET)
-        .join("release")
-        .join(format!("{}.wasm", PACKAGE.replace('-', "_")));
-    let embedded = out_dir.join("mutation.wasm");
-    std::fs::copy(&built, &embedded)
-        .unwrap_or_else(|err| panic!("copy {}: {err}", built.display()));
+    for (package, file) in POLICIES {
+        let built = guest_target
+            .join(TARGET)
+            .join("release")
+            .join(format!("{}.wasm", package.replace('-', "_")));
+        let copied = out_dir.join(file);
+        std::fs::copy(&built, &copied)
+            .unwrap_or_else(|err| panic!("copy {}: {err}", built.display()));
+    }
     println!(
         "cargo:rustc-env=SECRETS_WEBHOOK_EMBEDDED_POLICY={}",
-        embedded.display()
+        out_dir.join("mutation.wasm").display()
+    );
+    println!(
+        "cargo:rustc-env=SECRETS_WEBHOOK_POLICY_DIR={}",
+        out_dir.display()
     );
 }
 

@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 use crate::admission::{self, OnError, Verdict};
 use crate::config::{Config, Overrides};
 use crate::global_secrets::GlobalSecrets;
+use crate::health::{self, Readiness};
+use crate::metrics::Metrics;
 use crate::policy::{self, Active, Runtime};
+use crate::reload::Reloader;
 use crate::{certs, server, tls};
 
 #[derive(Parser)]
@@ -72,6 +75,10 @@ struct PolicyArgs {
     /// Linear memory one policy instance may use, in MiB.
     #[arg(long, default_value_t = 64)]
     policy_memory_mib: usize,
+    /// Where compiled policies are cached across restarts; `none` disables the cache
+    /// [default: <temp dir>/secrets-webhook-cache].
+    #[arg(long)]
+    policy_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -91,6 +98,12 @@ struct ServeArgs {
     /// Largest AdmissionReview accepted, in bytes [default: 3 MiB].
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz (e.g. 0.0.0.0:9090); off if unset.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// How often the policy and config files are checked, besides file events and SIGHUP.
+    #[arg(long, default_value_t = 10)]
+    reload_poll_seconds: u64,
 }
 
 #[derive(Args)]
@@ -239,14 +252,27 @@ fn read_policy(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading policy {}", path.display()))
 }
 
-/// Builds the policy in service from the flags and the configuration.
-fn activate(args: &PolicyArgs, config: &Config) -> Result<Arc<Active>> {
+/// The wasm runtime the flags ask for.
+fn runtime(args: &PolicyArgs) -> Result<Runtime> {
     let limits = policy::Limits {
         memory_bytes: args.policy_memory_mib << 20,
         deadline: Duration::from_millis(args.policy_timeout_ms),
         ..policy::Limits::default()
     };
+    let cache = match &args.policy_cache_dir {
+        Some(dir) if dir == Path::new("none") => None,
+        Some(dir) => Some(dir.clone()),
+        None => Some(std::env::temp_dir().join("secrets-webhook-cache")),
+    };
     let runtime = Runtime::new(limits)?;
+    Ok(match cache {
+        Some(dir) => runtime.with_cache(dir),
+        None => runtime,
+    })
+}
+
+/// Builds the policy in service from the flags and the configuration.
+fn activate(args: &PolicyArgs, config: &Config, runtime: &Runtime) -> Result<Arc<Active>> {
     let compiled = match &args.policy {
         Some(path) => runtime.compile(&read_policy(path)?)?,
         None => runtime.compile(policy::EMBEDDED)?,
@@ -290,7 +316,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let ca = config.cert_dir.join(certs::CA_FILE);
         tracing::info!(ca = %ca.display(), "local mode: no registration; clients should trust this CA");
     }
-    let active = activate(&args.policy, &config)?;
+    let runtime = runtime(&args.policy)?;
+    let active = activate(&args.policy, &config, &runtime)?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.policy_in_service(&active.digest());
+    let readiness = Arc::new(Readiness::default());
+    let describe: health::Describe = {
+        let active = active.clone();
+        Arc::new(move || active.digest())
+    };
+    if let Some(listen) = args.metrics_listen {
+        let addr =
+            health::serve(listen, metrics.clone(), readiness.clone(), describe.clone()).await?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz over plain HTTP");
+    }
+
     let certs = tls::CertStore::open(&config.cert_dir)?;
     tokio::spawn(certs.clone().watch(Duration::from_secs(10)));
     let tls = tls::server_config(certs)?;
@@ -298,21 +338,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
         active.clone(),
         config.global_secrets.clone(),
     ));
+    let reloader = Reloader::new(
+        runtime,
+        active.clone(),
+        args.policy.policy.clone(),
+        args.policy.config.clone(),
+        overrides,
+        metrics.clone(),
+    );
+    tokio::spawn(Arc::new(reloader).run(Duration::from_secs(args.reload_poll_seconds.max(1))));
 
-    let describe = active.clone();
     let app = server::App {
         mutator: active,
-        describe_policy: Box::new(move || describe.digest()),
+        describe_policy: describe,
         on_error: config.on_error,
         limits: server::Limits {
             max_body_bytes: config.max_body_bytes,
             ..server::Limits::default()
         },
+        readiness: readiness.clone(),
+        metrics,
     };
     let handle = server::spawn(config.listen, tls, app).await?;
+    readiness.set_serving();
     tracing::info!(addr = %handle.local_addr(), "serving AdmissionReviews on /mutate and /mutate--v1-pod");
     stop_signal().await;
     tracing::info!("stopping: draining requests in flight");
+    readiness.set_draining();
     handle.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -399,7 +451,7 @@ fn mutate(args: MutateArgs) -> Result<ExitCode> {
         .pointer("/request/object")
         .cloned()
         .unwrap_or(Value::Null);
-    let active = activate(&args.policy, &config)?;
+    let active = activate(&args.policy, &config, &runtime(&args.policy)?)?;
     let reply = admission::review(
         &serde_json::to_vec(&review)?,
         active.as_ref(),

@@ -6,6 +6,8 @@
 //! [`PolicyFailure`], never a crash. The policy gets one capability, the global-secret lookup;
 //! every other import (the WASI interfaces Rust's std links) traps if called.
 
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -34,6 +36,10 @@ pub const WORLD: &str = "secrets-webhook:policy/mutation@0.1.0";
 
 /// The policy built from `guest/` and embedded in this binary.
 pub const EMBEDDED: &[u8] = include_bytes!(env!("SECRETS_WEBHOOK_EMBEDDED_POLICY"));
+
+/// The most a policy may answer with. A patch for a real pod is kilobytes; the API server refuses
+/// responses far smaller than this anyway.
+pub const MAX_OUTPUT_BYTES: usize = 8 << 20;
 
 /// How long an epoch tick lasts; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -70,6 +76,12 @@ pub enum PolicyFailure {
     Trap { digest: String, reason: String },
     #[error("policy {digest} returned an error: {reason}")]
     Error { digest: String, reason: String },
+    #[error("policy {digest} returned {bytes} bytes, more than the {limit} allowed")]
+    OutputTooLarge {
+        digest: String,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 /// The wasm engine shared by every policy, with its epoch ticker.
@@ -77,6 +89,7 @@ pub enum PolicyFailure {
 pub struct Runtime {
     engine: Engine,
     limits: Limits,
+    cache: Option<Arc<PathBuf>>,
     _ticker: Arc<Ticker>,
 }
 
@@ -113,6 +126,7 @@ impl Runtime {
         Ok(Self {
             engine,
             limits,
+            cache: None,
             _ticker: Arc::new(Ticker(stop)),
         })
     }
@@ -126,8 +140,8 @@ impl Runtime {
     pub fn compile(&self, wasm: &[u8]) -> Result<Policy> {
         let digest = hex(&Sha256::digest(wasm));
         let short = digest[..12].to_owned();
-        let component = Component::new(&self.engine, wasm)
-            .map_err(anyhow::Error::from)
+        let component = self
+            .load_component(wasm, &digest)
             .with_context(|| format!("policy {short} is not a valid wasm component"))?;
         let mut linker = Linker::<GuestState>::new(&self.engine);
         bindings::Mutation::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
@@ -137,12 +151,62 @@ impl Runtime {
             .and_then(bindings::MutationPre::new)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("policy {short} does not implement world {WORLD}"))?;
+        let exports = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         Ok(Policy {
             runtime: self.clone(),
             pre,
             digest,
+            exports,
         })
     }
+
+    /// Keeps compiled components in `dir`, keyed by the wasm digest and the engine's compatibility
+    /// hash, so a restart skips compilation (tens of milliseconds to a fraction of one).
+    pub fn with_cache(mut self, dir: PathBuf) -> Self {
+        self.cache = Some(Arc::new(dir));
+        self
+    }
+
+    fn load_component(&self, wasm: &[u8], digest: &str) -> Result<Component> {
+        let Some(dir) = &self.cache else {
+            return Ok(Component::new(&self.engine, wasm)?);
+        };
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let path = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+        if path.exists() {
+            // SAFETY: the file is one this process kind wrote below, for this engine's settings
+            // (the compatibility hash is in its name); wasmtime also checks the header and
+            // refuses an incompatible or truncated artifact, which we then recompile.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cached policy unusable; recompiling")
+                }
+            }
+        }
+        let compiled = self.engine.precompile_component(wasm)?;
+        if let Err(err) = write_atomically(&path, &compiled) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot cache the compiled policy");
+        }
+        // SAFETY: these bytes were produced by this engine a moment ago.
+        Ok(unsafe { Component::deserialize(&self.engine, &compiled)? })
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn config(limits: Limits, pooling: bool) -> Config {
@@ -219,12 +283,18 @@ pub struct Policy {
     runtime: Runtime,
     pre: bindings::MutationPre<GuestState>,
     digest: String,
+    exports: Vec<String>,
 }
 
 impl Policy {
     /// The hex SHA-256 of the component's bytes.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The names the component exports.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
     }
 
     fn short_digest(&self) -> String {
@@ -284,10 +354,25 @@ impl Policy {
                     .call_mutate(&mut store, settings, review)
             })
             .map_err(|err| self.failure(&store, err))?;
-        result.map_err(|reason| PolicyFailure::Error {
+        let outcome = result.map_err(|reason| PolicyFailure::Error {
             digest: self.short_digest(),
             reason,
-        })
+        })?;
+        let bytes = match &outcome {
+            Outcome::Unchanged(warnings) => warnings.iter().map(String::len).sum(),
+            Outcome::Patched(patched) => {
+                patched.patch.len() + patched.warnings.iter().map(String::len).sum::<usize>()
+            }
+            Outcome::Denied(denied) => denied.message.len(),
+        };
+        if bytes > MAX_OUTPUT_BYTES {
+            return Err(PolicyFailure::OutputTooLarge {
+                digest: self.short_digest(),
+                bytes,
+                limit: MAX_OUTPUT_BYTES,
+            });
+        }
+        Ok(outcome)
     }
 
     fn failure(&self, store: &Store<GuestState>, err: wasmtime::Error) -> PolicyFailure {
@@ -324,11 +409,16 @@ pub fn probe_review() -> Review {
 /// A pod asking for one K8s secret: every policy must answer it without failing.
 const PROBE_POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe","namespace":"default","labels":{"inject-flyte-secrets":"true"},"annotations":{"flyte.secrets/s0":"m4zg54lqhiqce3dsn4rgkiqknnsxsoraej1g512fnyrau"}},"spec":{"containers":[{"name":"main","image":"busybox"}]}}"#;
 
-/// The policy in service, with the settings and global secrets it runs with. Each request loads
-/// the current policy once, so a swap never changes a request midway.
+/// A policy with the settings it was checked against: they change together.
+pub struct Serving {
+    pub policy: Arc<Policy>,
+    pub settings: Arc<str>,
+}
+
+/// The policy in service, with its settings and the global secrets. Each request loads the
+/// current [`Serving`] once, so a swap never changes a request midway.
 pub struct Active {
-    policy: arc_swap::ArcSwap<Policy>,
-    settings: Arc<str>,
+    serving: arc_swap::ArcSwap<Serving>,
     globals: arc_swap::ArcSwap<GlobalSecrets>,
 }
 
@@ -337,15 +427,32 @@ impl Active {
     pub fn new(policy: Policy, settings: &str, globals: GlobalSecrets) -> Result<Self> {
         admit(&policy, settings)?;
         Ok(Self {
-            policy: arc_swap::ArcSwap::from_pointee(policy),
-            settings: settings.into(),
+            serving: arc_swap::ArcSwap::from_pointee(Serving {
+                policy: Arc::new(policy),
+                settings: settings.into(),
+            }),
             globals: arc_swap::ArcSwap::from_pointee(globals),
         })
     }
 
     /// The digest of the policy in service.
     pub fn digest(&self) -> String {
-        self.policy.load().digest.clone()
+        self.serving.load().policy.digest.clone()
+    }
+
+    /// The policy and settings in service.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.serving.load_full()
+    }
+
+    /// Swaps in `policy` with `settings` if it passes [`admit`]; otherwise nothing changes.
+    pub fn replace(&self, policy: Arc<Policy>, settings: &str) -> Result<()> {
+        admit(&policy, settings)?;
+        self.serving.store(Arc::new(Serving {
+            policy,
+            settings: settings.into(),
+        }));
+        Ok(())
     }
 
     /// Replaces the global secrets snapshot.
@@ -366,7 +473,9 @@ pub fn admit(policy: &Policy, settings: &str) -> Result<()> {
 
 impl crate::admission::Mutator for Active {
     fn mutate(&self, review: &Review) -> Result<Outcome, PolicyFailure> {
-        let policy = self.policy.load();
-        policy.mutate(&self.settings, review, self.globals.load_full())
+        let serving = self.serving.load();
+        serving
+            .policy
+            .mutate(&serving.settings, review, self.globals.load_full())
     }
 }

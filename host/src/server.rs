@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -24,14 +23,18 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, Mutator, OnError, Verdict};
+use crate::health::{self, Describe, Readiness};
+use crate::metrics::Metrics;
 
 /// What the server needs besides the listener and the TLS config.
 pub struct App {
     pub mutator: Arc<dyn Mutator>,
     /// Names the policy in service, for `/readyz`.
-    pub describe_policy: Box<dyn Fn() -> String + Send + Sync>,
+    pub describe_policy: Describe,
     pub on_error: OnError,
     pub limits: Limits,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Protection against slow, large or greedy clients.
@@ -62,7 +65,6 @@ impl Default for Limits {
 
 struct Shared {
     app: App,
-    draining: AtomicBool,
     reviews: Semaphore,
 }
 
@@ -94,7 +96,6 @@ pub async fn spawn(listen: SocketAddr, tls: Arc<ServerConfig>, app: App) -> Resu
     let shared = Arc::new(Shared {
         reviews: Semaphore::new(app.limits.max_concurrent_reviews.max(1)),
         app,
-        draining: AtomicBool::new(false),
     });
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
@@ -129,7 +130,7 @@ async fn accept_loop(
             _ = stopped.changed() => break,
         }
     }
-    shared.draining.store(true, Ordering::SeqCst);
+    shared.app.readiness.set_draining();
     drop(listener);
     let drain = shared.app.limits.drain_timeout;
     if tokio::time::timeout(drain, graceful.shutdown())
@@ -190,19 +191,18 @@ async fn route(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path();
-    let known = MUTATE_PATHS.contains(&path) || path == "/healthz" || path == "/readyz";
-    Ok(match (request.method(), path) {
-        (&Method::POST, p) if MUTATE_PATHS.contains(&p) => mutate(&shared, request).await,
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
-        (&Method::GET, "/readyz") if shared.draining.load(Ordering::SeqCst) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down\n".to_owned(),
+    let app = &shared.app;
+    if request.method() == Method::POST && MUTATE_PATHS.contains(&path) {
+        return Ok(mutate(&shared, request).await);
+    }
+    let probe = health::probe(path, &app.readiness, &app.describe_policy);
+    Ok(match (request.method(), probe) {
+        (&Method::GET, Some((status, body))) => text(status, body),
+        (_, Some(_)) => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".to_owned(),
         ),
-        (&Method::GET, "/readyz") => text(
-            StatusCode::OK,
-            format!("ready policy={}\n", (shared.app.describe_policy)()),
-        ),
-        _ if known => text(
+        _ if MUTATE_PATHS.contains(&path) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n".to_owned(),
         ),
@@ -253,6 +253,10 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
         }
     };
     log_reply(&reply, started);
+    shared
+        .app
+        .metrics
+        .review(reply.verdict, started.elapsed().as_secs_f64());
     Response::builder()
         .status(reply.http_status)
         .header(header::CONTENT_TYPE, "application/json")

@@ -115,6 +115,11 @@ pub fn mutate_json(settings: &Settings, pod_json: &str, globals: &dyn GlobalSecr
     match decide(settings, &pod, globals) {
         Decision::Unchanged => Outcome::Unchanged,
         Decision::Denied(denial) => Outcome::Denied(denial),
-        Decision::Mutated(mutated) => Outcome::Patched(json_patch::diff(&pod, &mutated)),
+        Decision::Mutated(mutated) => Outcome::Patched(diff(&pod, &mutated)),
     }
+}
+
+/// The JSON Patch from `before` to `after`. Our edits only add, so this is a list of `add`s.
+pub fn diff(before: &Value, after: &Value) -> json_patch::Patch {
+    json_patch::diff(before, after)
 }

@@ -53,7 +53,24 @@ pub fn metadata_map<'a>(pod: &'a Object, field: &str) -> Option<&'a Object> {
     pod.get("metadata")?.get(field)?.as_object()
 }
 
-/// Every init container (native sidecars included) and container, as objects.
+/// Name prefixes of the init containers the cloud managers add to pull secrets. They are ours,
+/// not the task's: no other secret is injected into them.
+pub const PULLER_PREFIXES: [&str; 3] =
+    ["aws-pull-secret-", "gcp-pull-secret-", "azure-pull-secret-"];
+
+fn is_puller(container: &Object) -> bool {
+    container
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|name| {
+            PULLER_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        })
+}
+
+/// Every init container (native sidecars included) and container of the task, as objects;
+/// secret pullers are left out.
 pub fn containers(pod: &mut Object) -> Result<Vec<&mut Object>, MalformedPod> {
     let spec = object_field(pod, "spec", "spec")?;
     let mut all = Vec::new();
@@ -71,7 +88,9 @@ pub fn containers(pod: &mut Object) -> Result<Vec<&mut Object>, MalformedPod> {
             let container = container
                 .as_object_mut()
                 .ok_or_else(|| MalformedPod(format!("spec.{field}[{index}] is not an object")))?;
-            all.push(container);
+            if !is_puller(container) {
+                all.push(container);
+            }
         }
     }
     Ok(all)

@@ -15,6 +15,8 @@ use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use secrets_webhook::admission::OnError;
 use secrets_webhook::config::{Config, Overrides};
 use secrets_webhook::global_secrets::GlobalSecrets;
+use secrets_webhook::health::Readiness;
+use secrets_webhook::metrics::Metrics;
 use secrets_webhook::policy::{self, Active, Runtime};
 use secrets_webhook::{certs, server, tls};
 use tokio::net::TcpStream;
@@ -74,9 +76,13 @@ impl TestServer {
         let active = Arc::new(Active::new(compiled, &config.settings, globals).unwrap());
         let store = tls::CertStore::open(cert_dir.path()).unwrap();
         let describe = active.clone();
+        let readiness = Arc::new(Readiness::default());
+        readiness.set_serving();
         let app = server::App {
             mutator: active.clone(),
-            describe_policy: Box::new(move || describe.digest()),
+            describe_policy: Arc::new(move || describe.digest()),
+            readiness: readiness.clone(),
+            metrics: Arc::new(Metrics::default()),
             on_error: config.on_error,
             limits: server::Limits {
                 max_body_bytes: config.max_body_bytes.min(options.limits.max_body_bytes),

@@ -6,7 +6,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{InjectError, MOUNT_ROOT, file_env};
+use super::{InjectError, MOUNT_ROOT, file_env, refuse};
+
+/// The volumes pullers write into.
+const PULLER_VOLUMES: [&str; 3] = ["aws-secret-vol", "gcp-secret-vol", "azure-secret-vol"];
 use crate::pod;
 use crate::secret::Secret;
 use crate::settings::PullerSettings;
@@ -43,7 +46,25 @@ impl Puller<'_> {
         named && has_env && container.get("command") == command.as_ref()
     }
 
-    pub fn inject(self, pod: &mut Map<String, Value>, secret: &Secret) -> Result<(), InjectError> {
+    pub fn inject(
+        mut self,
+        pod: &mut Map<String, Value>,
+        secret: &Secret,
+    ) -> Result<(), InjectError> {
+        // Pullers of different managers share whichever puller volume is already at the mount
+        // root: two volumes cannot both be mounted there.
+        match pod::volume_mounted_at(pod, MOUNT_ROOT)? {
+            Some(name) if PULLER_VOLUMES.contains(&name.as_str()) => {
+                self.volume = PULLER_VOLUMES
+                    .into_iter()
+                    .find(|v| *v == name)
+                    .unwrap_or(self.volume);
+            }
+            Some(other) => {
+                return refuse(format!("{MOUNT_ROOT} is already taken by volume {other:?}"));
+            }
+            None => {}
+        }
         pod::add_volume(
             pod,
             json!({"name": self.volume, "emptyDir": {"medium": "Memory"}}),
@@ -51,11 +72,6 @@ impl Puller<'_> {
         let shared = file_env(secret, &self.path);
         let read_only = json!({"name": self.volume, "mountPath": MOUNT_ROOT, "readOnly": true});
         for container in pod::containers(pod)? {
-            // Pullers of this manager have the volume already, read-write.
-            let name = container.get("name").and_then(Value::as_str);
-            if name.is_some_and(|name| name.starts_with(self.name_prefix)) {
-                continue;
-            }
             pod::append_mount(container, &read_only)?;
             pod::append_env(container, &shared)?;
         }

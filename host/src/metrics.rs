@@ -1,0 +1,166 @@
+//! Prometheus metrics, served in plain HTTP on `--metrics-listen` with `/healthz` and `/readyz`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::admission::Verdict;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    digest: String,
+}
+
+/// Every metric the webhook exports.
+pub struct Metrics {
+    registry: Registry,
+    reviews: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    reloads: Family<ResultLabels, Counter>,
+    registrations: Family<ResultLabels, Counter>,
+    policy: Family<PolicyLabels, Gauge>,
+    cert_expiry: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("secrets_webhook");
+        let reviews = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "reviews",
+            "AdmissionReviews answered, by outcome (patched, unchanged, denied, error, invalid)",
+            reviews.clone(),
+        );
+        // 50 µs to ~1.6 s.
+        let duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "review_duration_seconds",
+            "Time from a complete request body to the response",
+            duration.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy or settings reloads, by result (swapped, rejected)",
+            reloads.clone(),
+        );
+        let registrations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "registrations",
+            "MutatingWebhookConfiguration applies, by result (applied, failed)",
+            registrations.clone(),
+        );
+        let policy = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The policy in service (1 for its digest)",
+            policy.clone(),
+        );
+        let cert_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "cert_expiry_timestamp_seconds",
+            "When the serving certificate expires (Unix time)",
+            cert_expiry.clone(),
+        );
+        Self {
+            registry,
+            reviews,
+            duration,
+            reloads,
+            registrations,
+            policy,
+            cert_expiry,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn review(&self, verdict: Verdict, seconds: f64) {
+        let outcome = match verdict {
+            Verdict::Patched => "patched",
+            Verdict::Unchanged => "unchanged",
+            Verdict::Denied => "denied",
+            Verdict::Failed => "error",
+            Verdict::Invalid => "invalid",
+        };
+        self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn reload(&self, swapped: bool) {
+        let result = if swapped { "swapped" } else { "rejected" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn registration(&self, applied: bool) {
+        let result = if applied { "applied" } else { "failed" };
+        self.registrations
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Marks `digest` as the policy in service.
+    pub fn policy_in_service(&self, digest: &str) {
+        self.policy.clear();
+        self.policy
+            .get_or_create(&PolicyLabels {
+                digest: digest.to_owned(),
+            })
+            .set(1);
+    }
+
+    pub fn cert_expires_at(&self, unix_seconds: f64) {
+        self.cert_expiry.set(unix_seconds);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_metric() {
+        let metrics = Metrics::default();
+        metrics.review(Verdict::Patched, 0.0002);
+        metrics.review(Verdict::Denied, 0.0003);
+        metrics.reload(false);
+        metrics.policy_in_service("abc");
+        metrics.policy_in_service("def");
+        metrics.cert_expires_at(1.9e9);
+        let text = metrics.encode();
+        for line in [
+            "secrets_webhook_reviews_total{outcome=\"patched\"} 1",
+            "secrets_webhook_reviews_total{outcome=\"denied\"} 1",
+            "secrets_webhook_review_duration_seconds_count 2",
+            "secrets_webhook_policy_reloads_total{result=\"rejected\"} 1",
+            "secrets_webhook_policy_info{digest=\"def\"} 1",
+            "secrets_webhook_cert_expiry_timestamp_seconds 1900000000",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("digest=\"abc\""));
+    }
+}
