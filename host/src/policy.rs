@@ -180,11 +180,12 @@ impl Runtime {
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         let path = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
-        if path.exists() {
-            // SAFETY: the file is one this process kind wrote below, for this engine's settings
-            // (the compatibility hash is in its name); wasmtime also checks the header and
-            // refuses an incompatible or truncated artifact, which we then recompile.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+        // Read, not mapped: a mapped file truncated by someone else would crash the process.
+        if let Ok(cached) = std::fs::read(&path) {
+            // SAFETY: the file is one this program wrote below for an engine with this
+            // compatibility hash (it is in the name); wasmtime also checks the header and refuses
+            // an incompatible or truncated artifact, which we then recompile.
+            match unsafe { Component::deserialize(&self.engine, &cached) } {
                 Ok(component) => return Ok(component),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %err, "cached policy unusable; recompiling")

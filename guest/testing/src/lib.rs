@@ -46,7 +46,7 @@ impl Guest for Hostile {
             }
             "trap" => core::arch::wasm32::unreachable(),
             "huge" => Ok(Outcome::Patched(Patched {
-                patch: " ".repeat(40 << 20),
+                patch: " ".repeat(12 << 20),
                 warnings: Vec::new(),
             })),
             "bad-patch" => Ok(Outcome::Patched(Patched {

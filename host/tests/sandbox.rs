@@ -1,0 +1,316 @@
+//! A bad or hostile policy never takes the webhook down, and policies swap without a restart.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Options, TestServer, patch_of, review_with};
+use secrets_webhook::config::Overrides;
+use secrets_webhook::metrics::Metrics;
+use secrets_webhook::policy::{self, Limits, Runtime};
+use secrets_webhook::reload::{Reloaded, Reloader};
+use serde_json::{Value, json};
+
+fn test_policy(file: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(env!("SECRETS_WEBHOOK_POLICY_DIR")).join(file)).unwrap()
+}
+
+fn labelled_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"inject-flyte-secrets": "true"},
+                     "annotations": {"flyte.secrets/s0": "m4zg54lqhiqce3dsn4rgkiqknnsxsoraej1g512fnyrau"}},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]}
+    })
+}
+
+fn config_file(dir: &tempfile::TempDir, yaml: &str) -> PathBuf {
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+async fn hostile_server(how: &str, extra: &str) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir, &format!("webhook:\n  hostile: {how}\n{extra}"));
+    let server = TestServer::start(Options {
+        config: Some(config),
+        wasm: test_policy("hostile.wasm"),
+        policy_limits: Limits {
+            deadline: Duration::from_millis(300),
+            memory_bytes: 32 << 20,
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    (server, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_policies_are_answered_within_the_deadline() {
+    for (how, reason) in [
+        ("loop", "exceeded its 300ms deadline"),
+        ("memory", "ran out of memory (limit 33554432 bytes)"),
+        ("trap", "trapped"),
+        ("huge", "more than the 8388608 allowed"),
+        ("bad-patch", "invalid JSON Patch"),
+    ] {
+        let (server, _dir) = hostile_server(how, "").await;
+        let digest = server.active.digest()[..12].to_owned();
+        let mut client = server.client().await;
+        let started = Instant::now();
+        let (status, response) = client
+            .post(
+                "/mutate",
+                serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
+            )
+            .await;
+        let elapsed = started.elapsed();
+        assert_eq!(status, 200, "{how}: {response}");
+        let answer = &response["response"];
+        assert_eq!(answer["allowed"], false, "{how}");
+        assert_eq!(answer["status"]["code"], 500, "{how}");
+        let message = answer["status"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{how}: {message}");
+        if how != "bad-patch" {
+            assert!(
+                message.contains(&digest),
+                "{how}: the message names the policy: {message}"
+            );
+        }
+        assert!(elapsed < Duration::from_secs(5), "{how} took {elapsed:?}");
+        // The next request is served too: nothing leaked from the failed instance.
+        let (status, _) = client
+            .post(
+                "/mutate",
+                serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
+            )
+            .await;
+        assert_eq!(status, 200, "{how}: the server keeps serving");
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_allow_admits_when_the_policy_fails() {
+    let (server, _dir) = hostile_server("loop", "  onError: allow\n").await;
+    let (_, response) = server
+        .client()
+        .await
+        .post(
+            "/mutate",
+            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
+        )
+        .await;
+    assert_eq!(response["response"]["allowed"], true);
+    assert!(response["response"]["patch"].is_null());
+    let warning = response["response"]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("secrets were not injected: policy "),
+        "{warning}"
+    );
+    server.stop().await;
+}
+
+#[test]
+fn components_of_other_worlds_are_refused_clearly() {
+    let runtime = Runtime::new(Limits::default()).unwrap();
+    // An empty component: valid, but it exports nothing of our world.
+    let empty_component = b"\0asm\x0d\x00\x01\x00";
+    let err = format!("{:#}", runtime.compile(empty_component).err().unwrap());
+    assert!(
+        err.contains("does not implement world secrets-webhook:policy/mutation@0.1.0"),
+        "{err}"
+    );
+    // A core module (what Kubewarden runs) is not a component.
+    let core_module = b"\0asm\x01\x00\x00\x00";
+    let err = format!("{:#}", runtime.compile(core_module).err().unwrap());
+    assert!(err.contains("is not a valid wasm component"), "{err}");
+    let err = format!("{:#}", runtime.compile(b"hello").err().unwrap());
+    assert!(err.contains("is not a valid wasm component"), "{err}");
+}
+
+#[test]
+fn compiled_policies_are_cached_by_digest() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(Limits::default())
+        .unwrap()
+        .with_cache(cache.path().to_owned());
+    let first = runtime.compile(policy::EMBEDDED).unwrap();
+    let files: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert!(
+        files[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(first.digest())
+    );
+    // A second runtime (a restart) loads the artifact instead of compiling.
+    let again = Runtime::new(Limits::default())
+        .unwrap()
+        .with_cache(cache.path().to_owned());
+    let second = again.compile(policy::EMBEDDED).unwrap();
+    assert_eq!(first.digest(), second.digest());
+    // A corrupt artifact is replaced, not trusted.
+    std::fs::write(&files[0], b"garbage").unwrap();
+    let third = again.compile(policy::EMBEDDED).unwrap();
+    policy::admit(&third, "null").unwrap();
+    assert_ne!(std::fs::read(&files[0]).unwrap(), b"garbage");
+}
+
+fn reloader(server: &TestServer, policy_file: PathBuf, metrics: Arc<Metrics>) -> Arc<Reloader> {
+    let overrides = Overrides {
+        global_secrets_dir: Some(common::fixtures().join("global-secrets")),
+        ..Overrides::default()
+    };
+    Arc::new(Reloader::new(
+        Runtime::new(Limits::default()).unwrap(),
+        server.active.clone(),
+        Some(policy_file),
+        None,
+        overrides,
+        metrics,
+    ))
+}
+
+/// Replaces `path` the way a ConfigMap volume does: a new file renamed over the old.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_never_takes_over() {
+    let server = TestServer::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mutation.wasm");
+    std::fs::write(&file, policy::EMBEDDED).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let reloader = reloader(&server, file.clone(), metrics);
+    let before = server.active.digest();
+    assert_eq!(reloader.reload().unwrap(), Reloaded::Unchanged);
+
+    let annotating = test_policy("annotating.wasm");
+    for (what, bytes) in [
+        ("garbage", b"definitely not wasm".to_vec()),
+        ("truncated", annotating[..annotating.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+        ("wrong world", b"\0asm\x0d\x00\x01\x00".to_vec()),
+    ] {
+        replace_file(&file, &bytes);
+        let err = reloader.reload().expect_err(what);
+        assert!(!format!("{err:#}").is_empty());
+        assert_eq!(server.active.digest(), before, "{what} must not take over");
+        // Reported once, not on every poll.
+        assert_eq!(reloader.reload().unwrap(), Reloaded::Unchanged, "{what}");
+    }
+    let (status, response) = server
+        .client()
+        .await
+        .post(
+            "/mutate",
+            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (status, &response["response"]["allowed"]),
+        (200, &json!(true))
+    );
+
+    replace_file(&file, &annotating);
+    assert!(matches!(
+        reloader.reload().unwrap(),
+        Reloaded::Swapped { .. }
+    ));
+    assert_ne!(server.active.digest(), before);
+    server.stop().await;
+}
+
+fn is_annotating(response: &Value) -> bool {
+    let patch = patch_of(response).expect("every response carries a patch");
+    serde_json::to_string(&patch)
+        .unwrap()
+        .contains("secrets-webhook.io~1injected")
+        || serde_json::to_string(&patch)
+            .unwrap()
+            .contains("secrets-webhook.io/injected")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_loses_no_request() {
+    let server = Arc::new(TestServer::start(Options::default()).await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mutation.wasm");
+    std::fs::write(&file, policy::EMBEDDED).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let reloader = reloader(&server, file.clone(), metrics.clone());
+    tokio::spawn(reloader.clone().run(Duration::from_millis(50)));
+
+    let body = serde_json::to_vec(&review_with(labelled_pod())).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for index in 0..4 {
+        let (server, body, stop) = (server.clone(), body.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut client = if index % 2 == 0 {
+                server.client().await
+            } else {
+                server.client_h2().await
+            };
+            let mut seen = Vec::new();
+            // Bounded: at most 2,000 requests or until told to stop.
+            for _ in 0..2_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let (status, response) = client.post("/mutate", body.clone()).await;
+                assert_eq!(status, 200, "{response}");
+                assert_eq!(response["response"]["allowed"], true, "{response}");
+                seen.push(is_annotating(&response));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.active.digest();
+    replace_file(&file, &test_policy("annotating.wasm"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.active.digest() == before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(
+        server.active.digest(),
+        before,
+        "the watcher swapped the policy"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut total = 0;
+    for client in clients {
+        let seen = client.await.unwrap();
+        total += seen.len();
+        // Each response comes from one policy, and once a client sees the new one it never sees
+        // the old one again.
+        let first_new = seen.iter().position(|&new| new).unwrap_or(seen.len());
+        assert!(
+            seen[first_new..].iter().all(|&new| new),
+            "a response from the old policy after the new one"
+        );
+        assert!(first_new > 0, "the old policy answered before the swap");
+    }
+    assert!(total > 8, "only {total} requests were made");
+    assert!(
+        metrics
+            .encode()
+            .contains("secrets_webhook_policy_reloads_total{result=\"swapped\"} 1")
+    );
+}
