@@ -16,6 +16,7 @@ use crate::global_secrets::GlobalSecrets;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::policy::{self, Active, Runtime};
+use crate::registration::{self, CertAction, CertSecret, WebhookTarget};
 use crate::reload::Reloader;
 use crate::{certs, server, tls};
 
@@ -51,8 +52,98 @@ enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Create or renew the certificate Secret (ca.crt, tls.crt, tls.key) for the webhook's Service.
+    InitCerts(InitCertsArgs),
+    /// Apply the MutatingWebhookConfiguration (server-side apply).
+    Register(RegisterArgs),
+    /// Delete the MutatingWebhookConfiguration.
+    Unregister(ClusterArgs),
     /// Print the version and the embedded policy's digest.
     Version,
+}
+
+/// Where the webhook lives in the cluster; shared by serve, init-certs, register, unregister.
+#[derive(Args, Clone)]
+struct ClusterArgs {
+    /// Namespace of the webhook's Service and certificate Secret.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "secrets-webhook")]
+    namespace: String,
+    /// The webhook's Service; also the MutatingWebhookConfiguration's name.
+    #[arg(long, default_value = "secrets-webhook")]
+    service_name: String,
+    /// The Secret holding ca.crt, tls.crt and tls.key.
+    #[arg(long, default_value = "secrets-webhook-tls")]
+    secret_name: String,
+    /// Directory of ca.crt, tls.crt and tls.key [serve: where they are read, default
+    /// /etc/webhook/certs, ./certs in local mode; init-certs: also write them here; register:
+    /// read ca.crt from here instead of the Secret].
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Have the API server call this URL instead of the Service (a webhook outside the cluster).
+    #[arg(long)]
+    webhook_url: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct WebhookArgs {
+    /// The Service port the API server calls.
+    #[arg(long, default_value_t = 443)]
+    service_port: i32,
+    /// What the API server does when the webhook cannot be reached (only labelled pods are sent).
+    #[arg(long, value_enum, default_value_t = FailurePolicy::Fail)]
+    failure_policy: FailurePolicy,
+    /// How long the API server waits for an answer (1 to 30).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=30))]
+    timeout_seconds: i32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FailurePolicy {
+    Fail,
+    Ignore,
+}
+
+#[derive(Args)]
+struct InitCertsArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Another DNS name for the serving certificate (repeatable).
+    #[arg(long)]
+    dns_name: Vec<String>,
+    /// An IP address for the serving certificate (repeatable).
+    #[arg(long)]
+    ip_address: Vec<std::net::IpAddr>,
+    /// Renew when the certificate expires within this long: `30d`, `720h`, `90m`.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    renew_before: time::Duration,
+}
+
+#[derive(Args)]
+struct RegisterArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+    /// Configuration file; its webhook.namespaceSelector narrows which namespaces are served.
+    #[arg(long, env = "SECRETS_WEBHOOK_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn parse_duration(text: &str) -> Result<time::Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30d or 720h"))?;
+    match unit {
+        "d" | "" => Ok(time::Duration::days(n)),
+        "h" => Ok(time::Duration::hours(n)),
+        "m" => Ok(time::Duration::minutes(n)),
+        "s" => Ok(time::Duration::seconds(n)),
+        _ => Err(format!("{text:?}: unit must be d, h, m or s")),
+    }
 }
 
 #[derive(Args)]
@@ -85,12 +176,16 @@ struct PolicyArgs {
 struct ServeArgs {
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+    /// Do not apply the MutatingWebhookConfiguration (it is managed another way).
+    #[arg(long)]
+    no_register: bool,
     /// Address to listen on [default: 0.0.0.0:9443, or webhook.listenPort].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Directory of tls.crt and tls.key [default: /etc/webhook/certs; ./certs in local mode].
-    #[arg(long)]
-    cert_dir: Option<PathBuf>,
     /// Run without a cluster: make a CA and a localhost certificate if none, register nothing.
     /// Also chosen when no cluster is reachable.
     #[arg(long)]
@@ -235,6 +330,9 @@ fn run(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::InitCerts(args) => block_on(init_certs(args)),
+        Command::Register(args) => block_on(register(args)),
+        Command::Unregister(args) => block_on(unregister(args)),
         Command::Version => {
             let runtime = Runtime::new(policy::Limits::default())?;
             let digest = runtime.compile(policy::EMBEDDED)?.digest().to_owned();
@@ -302,7 +400,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let local = args.local || !cluster_configured();
     let overrides = Overrides {
         listen: args.listen,
-        cert_dir: args.cert_dir.clone(),
+        cert_dir: args.cluster.cert_dir.clone(),
         on_error: args.policy.on_error,
         max_body_bytes: args.max_body_bytes,
         global_secrets_dir: args.policy.global_secrets_dir.clone(),
@@ -320,7 +418,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let active = activate(&args.policy, &config, &runtime)?;
     let metrics = Arc::new(Metrics::default());
     metrics.policy_in_service(&active.digest());
-    let readiness = Arc::new(Readiness::default());
+    let registering = !local && !args.no_register;
+    if registering && args.policy.policy_timeout_ms >= args.webhook.timeout_seconds as u64 * 1000 {
+        bail!(
+            "--policy-timeout-ms ({}) must be below the webhook's --timeout-seconds ({}s)",
+            args.policy.policy_timeout_ms,
+            args.webhook.timeout_seconds
+        );
+    }
+    let readiness = Arc::new(Readiness::new(registering));
     let describe: health::Describe = {
         let active = active.clone();
         Arc::new(move || active.digest())
@@ -332,7 +438,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
 
     let certs = tls::CertStore::open(&config.cert_dir)?;
-    tokio::spawn(certs.clone().watch(Duration::from_secs(10)));
+    tokio::spawn(
+        certs
+            .clone()
+            .watch(Duration::from_secs(10), metrics.clone()),
+    );
     let tls = tls::server_config(certs)?;
     tokio::spawn(refresh_globals(
         active.clone(),
@@ -357,10 +467,28 @@ async fn serve(args: ServeArgs) -> Result<()> {
             ..server::Limits::default()
         },
         readiness: readiness.clone(),
-        metrics,
+        metrics: metrics.clone(),
     };
+    let metrics_for_registration = metrics;
     let handle = server::spawn(config.listen, tls, app).await?;
     readiness.set_serving();
+    if registering {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let target = webhook_target(
+            &args.cluster,
+            &args.webhook,
+            config.namespace_selector.clone(),
+        );
+        tokio::spawn(registration::keep_registered(
+            client,
+            target,
+            config.cert_dir.clone(),
+            readiness.clone(),
+            metrics_for_registration,
+        ));
+    }
     tracing::info!(addr = %handle.local_addr(), "serving AdmissionReviews on /mutate and /mutate--v1-pod");
     stop_signal().await;
     tracing::info!("stopping: draining requests in flight");
@@ -368,6 +496,136 @@ async fn serve(args: ServeArgs) -> Result<()> {
     handle.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn block_on(future: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+fn webhook_target(
+    cluster: &ClusterArgs,
+    webhook: &WebhookArgs,
+    namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> WebhookTarget {
+    WebhookTarget {
+        name: cluster.service_name.clone(),
+        namespace: cluster.namespace.clone(),
+        service_name: cluster.service_name.clone(),
+        service_port: webhook.service_port,
+        url: cluster.webhook_url.clone(),
+        failure_policy: match webhook.failure_policy {
+            FailurePolicy::Fail => "Fail",
+            FailurePolicy::Ignore => "Ignore",
+        }
+        .to_owned(),
+        timeout_seconds: webhook.timeout_seconds,
+        namespace_selector,
+    }
+}
+
+/// The host part of `--webhook-url`, which the serving certificate must name.
+fn url_host(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    Some(
+        uri.host()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+}
+
+async fn init_certs(args: InitCertsArgs) -> Result<ExitCode> {
+    let cluster = &args.cluster;
+    let mut extra: Vec<String> = args.dns_name.clone();
+    extra.extend(args.ip_address.iter().map(ToString::to_string));
+    extra.extend(cluster.webhook_url.as_deref().and_then(url_host));
+    let spec = CertSecret {
+        namespace: cluster.namespace.clone(),
+        name: cluster.secret_name.clone(),
+        names: certs::service_names(&cluster.service_name, &cluster.namespace, &extra),
+        renew_before: args.renew_before,
+    };
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let (bundle, action) = registration::init_certs(client, &spec).await?;
+    match &action {
+        CertAction::Created => tracing::info!(
+            secret = spec.name,
+            namespace = spec.namespace,
+            "certificate Secret created"
+        ),
+        CertAction::Kept => tracing::info!(
+            secret = spec.name,
+            namespace = spec.namespace,
+            "certificate Secret is valid; kept"
+        ),
+        CertAction::Renewed { reason } => tracing::info!(
+            secret = spec.name,
+            namespace = spec.namespace,
+            reason,
+            "certificate Secret renewed"
+        ),
+    }
+    if let Some(dir) = &cluster.cert_dir {
+        certs::write_dir(dir, &bundle)?;
+        tracing::info!(dir = %dir.display(), "certificate files written");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn register(args: RegisterArgs) -> Result<ExitCode> {
+    let config = Config::load(args.config.as_deref(), &Overrides::default())?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let ca = match &args.cluster.cert_dir {
+        Some(dir) => std::fs::read(dir.join(certs::CA_FILE))
+            .with_context(|| format!("reading {}/ca.crt", dir.display()))?,
+        None => {
+            let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                kube::Api::namespaced(client.clone(), &args.cluster.namespace);
+            let secret = secrets
+                .get(&args.cluster.secret_name)
+                .await
+                .with_context(|| {
+                    format!(
+                        "reading Secret {}/{} (run init-certs first)",
+                        args.cluster.namespace, args.cluster.secret_name
+                    )
+                })?;
+            secret
+                .data
+                .and_then(|mut data| data.remove(certs::CA_FILE))
+                .map(|bytes| bytes.0)
+                .context("the certificate Secret has no ca.crt")?
+        }
+    };
+    let target = webhook_target(&args.cluster, &args.webhook, config.namespace_selector);
+    registration::register(client, &target, Some(&ca)).await?;
+    tracing::info!(name = target.name, "MutatingWebhookConfiguration applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn unregister(args: ClusterArgs) -> Result<ExitCode> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    if registration::unregister(client, &args.service_name).await? {
+        tracing::info!(
+            name = args.service_name,
+            "MutatingWebhookConfiguration deleted"
+        );
+    } else {
+        tracing::info!(
+            name = args.service_name,
+            "no MutatingWebhookConfiguration to delete"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Re-reads global secrets now and then: mounted Secrets change without a restart.

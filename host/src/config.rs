@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use crate::admission::OnError;
 use crate::global_secrets;
 
@@ -52,6 +54,7 @@ struct HostKeys {
     cert_dir: Option<PathBuf>,
     on_error: Option<OnError>,
     max_request_bytes: Option<usize>,
+    namespace_selector: Option<LabelSelector>,
 }
 
 /// Everything `serve` and `mutate` need, after the file and the flags are merged.
@@ -64,6 +67,9 @@ pub struct Config {
     /// The `webhook:` section as JSON: the policy's settings.
     pub settings: String,
     pub global_secrets: global_secrets::Source,
+    /// Which namespaces the webhook serves (Flyte's `namespaceSelector`), besides the built-in
+    /// exclusion of its own namespace and kube-system.
+    pub namespace_selector: Option<LabelSelector>,
 }
 
 /// Flag values; `None` means "not given", so the file or the default applies.
@@ -117,6 +123,7 @@ impl Config {
                 .or(host.max_request_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
             settings: serde_json::to_string(&webhook)?,
+            namespace_selector: host.namespace_selector,
             global_secrets: global_secrets::Source {
                 env_prefix: file.secrets.env_prefix,
                 dir: Some(

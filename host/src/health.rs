@@ -19,13 +19,32 @@ use crate::metrics::Metrics;
 
 /// Whether the webhook should get traffic: it is serving (and registered, when it registers) and
 /// not shutting down.
-#[derive(Default)]
 pub struct Readiness {
     serving: AtomicBool,
+    registered: AtomicBool,
     draining: AtomicBool,
 }
 
+impl Default for Readiness {
+    fn default() -> Self {
+        Self::new(false)
+    }
+}
+
 impl Readiness {
+    /// With `needs_registration`, not ready until the webhook configuration has been applied.
+    pub fn new(needs_registration: bool) -> Self {
+        Self {
+            serving: AtomicBool::new(false),
+            registered: AtomicBool::new(!needs_registration),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_registered(&self) {
+        self.registered.store(true, Ordering::SeqCst);
+    }
+
     pub fn set_serving(&self) {
         self.serving.store(true, Ordering::SeqCst);
     }
@@ -35,7 +54,9 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.serving.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        self.serving.load(Ordering::SeqCst)
+            && self.registered.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
     }
 
     /// Why not ready, for `/readyz`.
@@ -44,6 +65,8 @@ impl Readiness {
             "shutting down"
         } else if !self.serving.load(Ordering::SeqCst) {
             "starting"
+        } else if !self.registered.load(Ordering::SeqCst) {
+            "waiting for the webhook configuration to be applied"
         } else {
             "ready"
         }

@@ -11,6 +11,8 @@ pub mod global_secrets;
 pub mod health;
 pub mod metrics;
 pub mod policy;
+pub mod registration;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod watch;

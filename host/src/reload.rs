@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
 use crate::policy::{self, Active, Runtime};
-
-/// Files change in several steps; wait for them to settle before reading.
-const SETTLE: Duration = Duration::from_millis(200);
+use crate::watch::Changes;
 
 pub struct Reloader {
     pub runtime: Runtime,
@@ -96,18 +93,15 @@ impl Reloader {
 
     /// Reloads on file events, every `poll`, and on SIGHUP, until the process ends.
     pub async fn run(self: Arc<Self>, poll: Duration) {
-        let (wake, mut woken) = mpsc::channel::<()>(1);
-        let _watcher = self.watch(wake.clone());
-        spawn_sighup(wake);
-        let mut ticks = tokio::time::interval(poll);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        ticks.tick().await;
+        let files: Vec<&Path> = [&self.policy, &self.config]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect();
+        let mut changes = Changes::new(&files, poll).on_hangup();
+        changes.next().await;
         loop {
-            tokio::select! {
-                Some(()) = woken.recv() => tokio::time::sleep(SETTLE).await,
-                _ = ticks.tick() => {}
-            }
-            while woken.try_recv().is_ok() {}
+            changes.next().await;
             let reloader = self.clone();
             match tokio::task::spawn_blocking(move || reloader.reload()).await {
                 Ok(Ok(Reloaded::Unchanged)) => {}
@@ -127,56 +121,4 @@ impl Reloader {
             }
         }
     }
-
-    /// Watches the directories holding the policy and the configuration.
-    fn watch(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher;
-        let dirs: Vec<PathBuf> = [&self.policy, &self.config]
-            .into_iter()
-            .flatten()
-            .map(|file| parent_dir(file))
-            .collect();
-        if dirs.is_empty() {
-            return None;
-        }
-        let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = wake.try_send(());
-            }
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(watcher) => watcher,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch files; polling only");
-                return None;
-            }
-        };
-        for dir in dirs {
-            if let Err(err) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %err, "cannot watch; polling only");
-            }
-        }
-        Some(watcher)
-    }
-}
-
-fn parent_dir(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn spawn_sighup(wake: mpsc::Sender<()>) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the policy and settings");
-            let _ = wake.try_send(());
-        }
-    });
 }

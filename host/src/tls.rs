@@ -15,6 +15,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::certs::{CERT_FILE, KEY_FILE};
+use crate::metrics::Metrics;
+use crate::watch::Changes;
 
 /// The one crypto provider; naming it everywhere keeps a second one from sneaking in.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -66,15 +68,17 @@ impl CertStore {
         Ok(true)
     }
 
-    /// Polls the directory; Secret volumes change by swapping a symlink, which polling sees.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    /// Reloads when the directory changes (or every `poll`), reporting the expiry in `metrics`.
+    pub async fn watch(self: Arc<Self>, poll: Duration, metrics: Arc<Metrics>) {
+        self.report_expiry(&metrics);
+        let cert = self.dir.join(CERT_FILE);
+        let mut changes = Changes::new(&[cert.as_path()], poll);
         loop {
-            ticks.tick().await;
+            changes.next().await;
             match self.reload() {
                 Ok(true) => {
-                    tracing::info!(dir = %self.dir.display(), "serving certificate reloaded")
+                    tracing::info!(dir = %self.dir.display(), "serving certificate reloaded");
+                    self.report_expiry(&metrics);
                 }
                 Ok(false) => {}
                 Err(err) => tracing::warn!(
@@ -83,6 +87,13 @@ impl CertStore {
                     "new serving certificate rejected; keeping the old one"
                 ),
             }
+        }
+    }
+
+    fn report_expiry(&self, metrics: &Metrics) {
+        let loaded = self.loaded_from.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(expiry) = crate::certs::expiry(&loaded.0) {
+            metrics.cert_expires_at(expiry as f64);
         }
     }
 }

@@ -38,6 +38,7 @@ pub struct TestServer {
     pub ca_pem: String,
     pub cert_dir: tempfile::TempDir,
     pub active: Arc<Active>,
+    pub certs: Arc<tls::CertStore>,
     handle: server::Handle,
 }
 
@@ -91,7 +92,7 @@ impl TestServer {
         };
         let handle = server::spawn(
             "127.0.0.1:0".parse().unwrap(),
-            tls::server_config(store).unwrap(),
+            tls::server_config(store.clone()).unwrap(),
             app,
         )
         .await
@@ -101,6 +102,7 @@ impl TestServer {
             ca_pem: bundle.ca_pem,
             cert_dir,
             active,
+            certs: store,
             handle,
         }
     }
@@ -110,25 +112,23 @@ impl TestServer {
     }
 
     pub fn tls_connector(&self, alpn: &[&[u8]]) -> TlsConnector {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        TlsConnector::from(Arc::new(config))
+        connector(&self.ca_pem, alpn)
     }
 
     pub async fn tls_stream(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        self.tls_connector(alpn)
+        self.try_tls_stream(&self.ca_pem, alpn).await.unwrap()
+    }
+
+    /// A TLS connection from a client that trusts only `ca_pem`.
+    pub async fn try_tls_stream(
+        &self,
+        ca_pem: &str,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        connector(ca_pem, alpn)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
-            .unwrap()
     }
 
     /// An HTTP/1.1 keep-alive connection.
@@ -149,6 +149,21 @@ impl TestServer {
         tokio::spawn(conn);
         Client::H2(sender)
     }
+}
+
+/// A TLS client config that trusts only `ca_pem`.
+pub fn connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
 }
 
 pub enum Client {
