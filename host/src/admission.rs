@@ -115,6 +115,11 @@ pub struct Reply {
     pub body: Vec<u8>,
     pub verdict: Verdict,
     pub uid: String,
+    /// Who the review was about, for logs: `<namespace>/<name or generateName>`. Filled in only
+    /// when it will be logged (a refusal, or debug logging), to keep the fast path fast.
+    pub pod: String,
+    /// Why the pod was refused: names of secrets and managers, never values.
+    pub reason: Option<String>,
 }
 
 /// Answers one AdmissionReview.
@@ -148,9 +153,39 @@ pub fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Reply {
         dry_run: request.dry_run,
         object: object.get().to_owned(),
     };
-    match mutator.mutate(&review) {
+    let mut reply = match mutator.mutate(&review) {
         Ok(outcome) => outcome_response(uid, outcome, on_error),
         Err(failure) => refusal(uid, Verdict::Failed, 500, failure.to_string(), on_error),
+    };
+    if reply.reason.is_some() || tracing::enabled!(tracing::Level::DEBUG) {
+        reply.pod = describe_pod(&request.namespace, object);
+    }
+    reply
+}
+
+/// `<namespace>/<name>`, or `<namespace>/<generateName>*` for pods named by the API server.
+fn describe_pod(namespace: &str, object: &RawValue) -> String {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        generate_name: String,
+    }
+    #[derive(Deserialize)]
+    struct Object {
+        metadata: Option<Meta>,
+    }
+    let meta = serde_json::from_str::<Object>(object.get())
+        .ok()
+        .and_then(|object| object.metadata);
+    match meta {
+        Some(meta) if !meta.name.is_empty() => format!("{namespace}/{}", meta.name),
+        Some(meta) if !meta.generate_name.is_empty() => {
+            format!("{namespace}/{}*", meta.generate_name)
+        }
+        _ => format!("{namespace}/?"),
     }
 }
 
@@ -227,7 +262,8 @@ fn outcome_response(uid: String, outcome: Outcome, on_error: OnError) -> Reply {
 
 /// A pod we cannot inject: refused, or with `on_error: allow` admitted unchanged with a warning.
 fn refusal(uid: String, verdict: Verdict, code: u16, message: String, on_error: OnError) -> Reply {
-    match on_error {
+    let reason = message.clone();
+    let mut reply = match on_error {
         OnError::Deny => answer(
             uid,
             verdict,
@@ -245,7 +281,9 @@ fn refusal(uid: String, verdict: Verdict, code: u16, message: String, on_error: 
                 ..allowed()
             },
         ),
-    }
+    };
+    reply.reason = Some(reason);
+    reply
 }
 
 fn allowed() -> ResponseOut {
@@ -266,10 +304,15 @@ fn answer(uid: String, verdict: Verdict, response: ResponseOut) -> Reply {
 fn invalid(uid: String, message: String) -> Reply {
     let response = ResponseOut {
         allowed: false,
-        status: Some(Status { code: 400, message }),
+        status: Some(Status {
+            code: 400,
+            message: message.clone(),
+        }),
         ..allowed()
     };
-    encode(400, uid, Verdict::Invalid, response)
+    let mut reply = encode(400, uid, Verdict::Invalid, response);
+    reply.reason = Some(message);
+    reply
 }
 
 fn encode(http_status: u16, uid: String, verdict: Verdict, mut response: ResponseOut) -> Reply {
@@ -286,5 +329,7 @@ fn encode(http_status: u16, uid: String, verdict: Verdict, mut response: Respons
         body,
         verdict,
         uid,
+        pod: String::new(),
+        reason: None,
     }
 }

@@ -193,9 +193,16 @@ struct ServeArgs {
     /// Largest AdmissionReview accepted, in bytes [default: 3 MiB].
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Require clients (the API server) to present a certificate signed by this CA (PEM).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
     /// Plain-HTTP address for /metrics, /healthz and /readyz (e.g. 0.0.0.0:9090); off if unset.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Call the policy library natively instead of the wasm component: the baseline for
+    /// benchmarks. No sandbox, no hot swap.
+    #[arg(long, hide = true)]
+    native_policy: bool,
     /// How often the policy and config files are checked, besides file events and SIGHUP.
     #[arg(long, default_value_t = 10)]
     reload_poll_seconds: u64,
@@ -443,7 +450,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .clone()
             .watch(Duration::from_secs(10), metrics.clone()),
     );
-    let tls = tls::server_config(certs)?;
+    let tls = tls::server_config(certs, args.client_ca.as_deref())?;
     tokio::spawn(refresh_globals(
         active.clone(),
         config.global_secrets.clone(),
@@ -458,8 +465,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     tokio::spawn(Arc::new(reloader).run(Duration::from_secs(args.reload_poll_seconds.max(1))));
 
+    let mutator: Arc<dyn admission::Mutator> = if args.native_policy {
+        tracing::warn!("--native-policy: the library runs unsandboxed; for benchmarks only");
+        let globals = GlobalSecrets::load(&config.global_secrets)?;
+        Arc::new(policy::Native::new(&config.settings, globals)?)
+    } else {
+        active
+    };
     let app = server::App {
-        mutator: active,
+        mutator,
         describe_policy: describe,
         on_error: config.on_error,
         limits: server::Limits {

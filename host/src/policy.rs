@@ -480,3 +480,49 @@ impl crate::admission::Mutator for Active {
             .mutate(&serving.settings, review, self.globals.load_full())
     }
 }
+
+/// The policy library called directly, without wasm: the baseline the benchmarks compare the
+/// component against (`serve --native-policy`). Same settings, same global secrets.
+pub struct Native {
+    settings: secrets_policy::Settings,
+    globals: Arc<GlobalSecrets>,
+}
+
+impl Native {
+    pub fn new(settings: &str, globals: GlobalSecrets) -> Result<Self> {
+        Ok(Self {
+            settings: secrets_policy::Settings::from_json(settings).map_err(anyhow::Error::msg)?,
+            globals: Arc::new(globals),
+        })
+    }
+}
+
+struct NativeGlobals<'a>(&'a GlobalSecrets);
+
+impl secrets_policy::GlobalSecrets for NativeGlobals<'_> {
+    fn lookup(&self, group: &str, key: &str) -> Option<String> {
+        self.0.lookup(group, key).map(str::to_owned)
+    }
+}
+
+impl crate::admission::Mutator for Native {
+    fn mutate(&self, review: &Review) -> Result<Outcome, PolicyFailure> {
+        let globals = NativeGlobals(&self.globals);
+        Ok(
+            match secrets_policy::mutate_json(&self.settings, &review.object, &globals) {
+                secrets_policy::Outcome::Unchanged => Outcome::Unchanged(Vec::new()),
+                secrets_policy::Outcome::Patched(patch) => Outcome::Patched(Patched {
+                    patch: serde_json::to_string(&patch).map_err(|err| PolicyFailure::Error {
+                        digest: "native".to_owned(),
+                        reason: err.to_string(),
+                    })?,
+                    warnings: Vec::new(),
+                }),
+                secrets_policy::Outcome::Denied(denial) => Outcome::Denied(Denied {
+                    code: denial.code,
+                    message: denial.message,
+                }),
+            },
+        )
+    }
+}

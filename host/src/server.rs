@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{self, Mutator, OnError, Verdict};
+use crate::admission::{self, Mutator, OnError};
 use crate::health::{self, Describe, Readiness};
 use crate::metrics::Metrics;
 
@@ -271,13 +271,10 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
 
 fn log_reply(reply: &admission::Reply, started: Instant) {
     let micros = started.elapsed().as_micros() as u64;
-    match reply.verdict {
-        Verdict::Unchanged | Verdict::Patched => {
-            tracing::debug!(uid = %reply.uid, verdict = ?reply.verdict, micros, "review answered");
-        }
-        Verdict::Denied | Verdict::Failed | Verdict::Invalid => {
-            tracing::warn!(uid = %reply.uid, verdict = ?reply.verdict, micros, "review refused");
-        }
+    let (uid, pod, verdict) = (&reply.uid, &reply.pod, reply.verdict);
+    match &reply.reason {
+        None => tracing::debug!(uid, pod, ?verdict, micros, "review answered"),
+        Some(reason) => tracing::warn!(uid, pod, ?verdict, micros, reason, "review refused"),
     }
 }
 

@@ -112,13 +112,31 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// TLS 1.2 and 1.3 only, HTTP/2 preferred over HTTP/1.1.
-pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<ServerConfig>> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+/// TLS 1.2 and 1.3 only, HTTP/2 preferred over HTTP/1.1. With `client_ca`, clients must present
+/// a certificate it signed (the API server's, configured through its admission config file).
+pub fn server_config(certs: Arc<CertStore>, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>> {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
-        .context("choosing TLS versions")?
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
+        .context("choosing TLS versions")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                roots.add(cert.context("reading the client CA")?)?;
+            }
+            anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", path.display());
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .context("building the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

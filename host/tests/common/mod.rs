@@ -47,6 +47,7 @@ pub struct Options {
     pub wasm: Vec<u8>,
     pub limits: server::Limits,
     pub policy_limits: policy::Limits,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -56,6 +57,7 @@ impl Default for Options {
             wasm: policy::EMBEDDED.to_vec(),
             limits: server::Limits::default(),
             policy_limits: policy::Limits::default(),
+            client_ca: None,
         }
     }
 }
@@ -92,7 +94,7 @@ impl TestServer {
         };
         let handle = server::spawn(
             "127.0.0.1:0".parse().unwrap(),
-            tls::server_config(store.clone()).unwrap(),
+            tls::server_config(store.clone(), options.client_ca.as_deref()).unwrap(),
             app,
         )
         .await

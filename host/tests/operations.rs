@@ -1,0 +1,443 @@
+//! The running binary as an operator meets it: graceful shutdown, logs without secret values,
+//! mutual TLS, old TLS versions, and HTTP/2 stream floods.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Options, TestServer, fixtures, review_with};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A `secrets-webhook serve` process in local mode on ephemeral ports, logging JSON.
+struct Process {
+    child: Child,
+    addr: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+    ca_pem: String,
+    logs: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_secrets-webhook"))
+            .args([
+                "--log-format",
+                "json",
+                "serve",
+                "--local",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--policy-cache-dir",
+                "none",
+            ])
+            .arg("--cert-dir")
+            .arg(dir.path())
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (send, logs) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = Self {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            metrics: "0.0.0.0:0".parse().unwrap(),
+            ca_pem: String::new(),
+            logs,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while process.addr.port() == 0 || process.metrics.port() == 0 {
+            let line = process
+                .logs
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the server starts and logs its addresses");
+            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            let addr = entry["fields"]["addr"]
+                .as_str()
+                .and_then(|a| a.parse().ok());
+            let message = entry["fields"]["message"].as_str().unwrap_or_default();
+            match addr {
+                Some(addr) if message.starts_with("serving AdmissionReviews") => {
+                    process.addr = addr
+                }
+                Some(addr) if message.starts_with("serving /metrics") => process.metrics = addr,
+                _ => {}
+            }
+        }
+        process.ca_pem = std::fs::read_to_string(process._dir.path().join("ca.crt")).unwrap();
+        process
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit and returns its code and every log line.
+    fn wait(mut self) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.code();
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        (code, self.logs.try_iter().collect())
+    }
+
+    async fn post(&self, body: Vec<u8>) -> (u16, Value) {
+        post_to(self.addr, self.ca_pem.clone(), body).await
+    }
+
+    async fn readyz(&self) -> u16 {
+        let mut tcp = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.unwrap();
+        response.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+async fn post_to(addr: std::net::SocketAddr, ca_pem: String, body: Vec<u8>) -> (u16, Value) {
+    {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = common::connector(&ca_pem, &[b"http/1.1"])
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::post("/mutate")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        use http_body_util::BodyExt;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+}
+
+fn policy_file(name: &str) -> PathBuf {
+    Path::new(env!("SECRETS_WEBHOOK_POLICY_DIR")).join(name)
+}
+
+fn labelled_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "task-", "namespace": "flytesnacks-development",
+                     "labels": {"inject-flyte-secrets": "true"},
+                     "annotations": {"flyte.secrets/s0": "m4zg54lqhiqce3dsn4rgkiqknnsxsoraej1g512fnyrau"}},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "webhook:\n  hostile: loop\n").unwrap();
+    let hostile = policy_file("hostile.wasm");
+    let process = Process::start(
+        &[
+            "--policy",
+            hostile.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--policy-timeout-ms",
+            "1500",
+        ],
+        &[],
+    );
+    assert_eq!(process.readyz().await, 200);
+    let body = serde_json::to_vec(&review_with(labelled_pod())).unwrap();
+    let in_flight = tokio::spawn(post_to(process.addr, process.ca_pem.clone(), body));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    process.terminate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(process.readyz().await, 503, "/readyz fails while draining");
+    assert!(
+        tokio::net::TcpStream::connect(process.addr).await.is_err(),
+        "no new connections are accepted"
+    );
+    let (status, response) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the request in flight got its answer");
+    assert!(
+        response["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline")
+    );
+    let (code, _) = tokio::task::spawn_blocking(move || process.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_reviews_but_never_secret_values() {
+    let globals = fixtures().join("global-secrets");
+    let process = Process::start(
+        &["--global-secrets-dir", globals.to_str().unwrap()],
+        &[("FLYTE_SECRET_ENVGROUP_TOKEN", "env-secret-value-42")],
+    );
+    let mut uids = Vec::new();
+    for fixture in [
+        "10-global-env-var",
+        "11-global-any-env-var",
+        "02-k8s-file",
+        "08-k8s-group-capitals-denied",
+    ] {
+        let review: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join(fixture).join("review.json")).unwrap(),
+        )
+        .unwrap();
+        uids.push(review["request"]["uid"].as_str().unwrap().to_owned());
+        let (status, _) = process.post(serde_json::to_vec(&review).unwrap()).await;
+        assert_eq!(status, 200);
+    }
+    // A secret that only the process environment holds.
+    let env_secret = secrets_policy::annotations::encode_value(&secrets_policy::Secret {
+        group: "envgroup".into(),
+        key: "token".into(),
+        mount_requirement: secrets_policy::MountRequirement::EnvVar,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut pod = labelled_pod();
+    pod["metadata"]["annotations"]["flyte.secrets/s0"] = json!(env_secret);
+    let (_, response) = process
+        .post(serde_json::to_vec(&review_with(pod)).unwrap())
+        .await;
+    let patch = common::patch_of(&response).unwrap();
+    assert!(
+        serde_json::to_string(&patch)
+            .unwrap()
+            .contains("env-secret-value-42"),
+        "the value was injected"
+    );
+
+    process.terminate();
+    let (code, logs) = tokio::task::spawn_blocking(move || process.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let all = logs.join("\n");
+    for value in ["hunter2-global", "tok-123", "env-secret-value-42"] {
+        assert!(!all.contains(value), "a secret value reached the logs");
+    }
+    for uid in &uids {
+        assert!(all.contains(uid.as_str()), "the log names review {uid}");
+    }
+    assert!(
+        all.contains("flytesnacks-development/"),
+        "the log names the pod's namespace"
+    );
+    assert!(
+        all.contains("task-*"),
+        "the log names the pod's generateName"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate() {
+    // The API server's client certificate, from a CA of its own.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params =
+        rcgen::CertificateParams::new(vec!["kube-apiserver".to_owned()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params
+        .signed_by(&client_key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("client-ca.crt");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let server = TestServer::start(Options {
+        client_ca: Some(ca_path),
+        ..Options::default()
+    })
+    .await;
+
+    // Without a certificate the handshake is refused (TLS 1.3 reports it on first use).
+    let refused = match server.try_tls_stream(&server.ca_pem, &[b"http/1.1"]).await {
+        Err(_) => true,
+        Ok(mut stream) => {
+            let _ = stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let read = stream.read_to_end(&mut buf).await;
+            read.is_err() || buf.is_empty()
+        }
+    };
+    assert!(refused, "a client without a certificate is refused");
+
+    // With one signed by the client CA it is served.
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain = vec![client_cert.der().clone()];
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(client_key.serialize_pem().as_bytes())
+            .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(secrets_webhook::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    server.stop().await;
+}
+
+/// A ClientHello that offers TLS 1.1 and nothing newer.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut hello = vec![0x03, 0x02];
+    hello.extend([7u8; 32]);
+    hello.push(0);
+    hello.extend([0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]);
+    hello.extend([0x01, 0x00]);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend((hello.len() as u16).to_be_bytes());
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_older_than_1_2_is_refused() {
+    let server = TestServer::start(Options::default()).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&tls11_client_hello()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        answer.first(),
+        Some(&0x15),
+        "an alert, not a ServerHello: {answer:02x?}"
+    );
+    // A fatal alert: protocol_version or handshake_failure, depending on what rustls notices first.
+    assert_eq!(answer.get(5), Some(&2), "fatal: {answer:02x?}");
+    assert!(matches!(answer.get(6), Some(70 | 40)), "{answer:02x?}");
+    let (status, _) = server
+        .client()
+        .await
+        .post(
+            "/mutate",
+            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_bounded() {
+    let server = TestServer::start(Options::default()).await;
+    let tls = server.tls_stream(&[b"h2"]).await;
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let attacker = tokio::spawn(connection);
+    let started = Instant::now();
+    let mut client = client;
+    let mut sent = 0;
+    // Bounded: 10,000 streams opened and cancelled at once, or until the server closes the door.
+    for _ in 0..10_000 {
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let request = http::Request::post("https://localhost/mutate")
+            .body(())
+            .unwrap();
+        let Ok((_response, mut stream)) = client.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), attacker).await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(sent > 0);
+    // Whatever happened to the attacking connection, everyone else is served.
+    let (status, _) = server
+        .client_h2()
+        .await
+        .post(
+            "/mutate",
+            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The server cuts the flood off (GOAWAY, then it closes the connection) long before 10,000.
+    assert!(
+        sent < 10_000,
+        "the server let {sent} cancelled streams through"
+    );
+    assert!(
+        closed.is_ok(),
+        "the attacking connection was closed by the server"
+    );
+    server.stop().await;
+}
