@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::annotations::{self, Request};
 use crate::inject::{self, Context, GlobalSecrets, InjectError};
-use crate::pod::{self, MalformedPod};
+use crate::pod::{self, Add, MalformedPod, Pod};
 use crate::settings::Settings;
 
 /// What should happen to a pod.
@@ -48,44 +48,52 @@ pub enum Outcome {
 
 /// Decides what to do with `pod` (a Pod object).
 pub fn decide(settings: &Settings, pod: &Value, globals: &dyn GlobalSecrets) -> Decision {
-    let Some(object) = pod.as_object() else {
-        return Decision::Denied(MalformedPod("the object is not a JSON object".to_owned()).into());
-    };
-    if !annotations::has_opt_in_label(pod::metadata_map(object, "labels")) {
-        return Decision::Unchanged;
+    match edit(settings, pod.clone(), globals) {
+        Ok(None) => Decision::Unchanged,
+        Ok(Some((mutated, _))) => Decision::Mutated(Value::Object(mutated)),
+        Err(denial) => Decision::Denied(denial),
     }
-    let Some(annotations) = pod::metadata_map(object, "annotations") else {
-        return Decision::Unchanged;
+}
+
+/// An edited pod and the patch from the original to it.
+type Edited = (Map<String, Value>, Vec<Add>);
+
+/// Injects every requested secret into `pod`, returning the edited pod and the patch that makes
+/// it, `None` when there is nothing to do, or why the pod is refused.
+fn edit(
+    settings: &Settings,
+    pod: Value,
+    globals: &dyn GlobalSecrets,
+) -> Result<Option<Edited>, Denial> {
+    let Value::Object(object) = pod else {
+        return Err(MalformedPod("the object is not a JSON object".to_owned()).into());
+    };
+    if !annotations::has_opt_in_label(pod::metadata_map(&object, "labels")) {
+        return Ok(None);
+    }
+    let Some(annotations) = pod::metadata_map(&object, "annotations") else {
+        return Ok(None);
     };
     let requests = match annotations::decode_requests(annotations) {
-        Ok(requests) if requests.is_empty() => return Decision::Unchanged,
+        Ok(requests) if requests.is_empty() => return Ok(None),
         Ok(requests) => requests,
         Err(err) => {
-            return Decision::Denied(Denial::bad_request(format!(
+            return Err(Denial::bad_request(format!(
                 "failed to unmarshal secrets from pod annotations: {err}"
             )));
         }
     };
-    let mut mutated = object.clone();
+    let mut pod = Pod::new(object);
     let cx = Context { settings, globals };
     for request in &requests {
-        if let Err(denial) = inject_one(&cx, &mut mutated, request) {
-            return Decision::Denied(denial);
-        }
+        inject_one(&cx, &mut pod, request)?;
     }
-    if &mutated == object {
-        Decision::Unchanged
-    } else {
-        Decision::Mutated(Value::Object(mutated))
-    }
+    let (edited, ops) = pod.into_parts();
+    Ok((!ops.is_empty()).then_some((edited, ops)))
 }
 
 /// Injects one request with the first manager that accepts it, or explains every refusal.
-fn inject_one(
-    cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
-    request: &Request,
-) -> Result<(), Denial> {
+fn inject_one(cx: &Context<'_>, pod: &mut Pod, request: &Request) -> Result<(), Denial> {
     let mut refusals = Vec::new();
     for manager in cx.settings.managers() {
         match inject::inject(manager, cx, pod, &request.secret) {
@@ -112,14 +120,34 @@ pub fn mutate_json(settings: &Settings, pod_json: &str, globals: &dyn GlobalSecr
             )));
         }
     };
-    match decide(settings, &pod, globals) {
-        Decision::Unchanged => Outcome::Unchanged,
-        Decision::Denied(denial) => Outcome::Denied(denial),
-        Decision::Mutated(mutated) => Outcome::Patched(diff(&pod, &mutated)),
+    match edit(settings, pod, globals) {
+        Ok(None) => Outcome::Unchanged,
+        Ok(Some((_, ops))) => match patch_of(ops) {
+            Ok(patch) => Outcome::Patched(patch),
+            Err(denial) => Outcome::Denied(denial),
+        },
+        Err(denial) => Outcome::Denied(denial),
     }
 }
 
-/// The JSON Patch from `before` to `after`. Our edits only add, so this is a list of `add`s.
+fn patch_of(ops: Vec<Add>) -> Result<json_patch::Patch, Denial> {
+    ops.into_iter()
+        .map(|Add { path, value }| {
+            let path = json_patch::jsonptr::PointerBuf::parse(path).map_err(|err| Denial {
+                code: 500,
+                message: format!("internal error: bad patch path: {err}"),
+            })?;
+            Ok(json_patch::PatchOperation::Add(json_patch::AddOperation {
+                path,
+                value,
+            }))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(json_patch::Patch)
+}
+
+/// The JSON Patch from `before` to `after`, for policies built on [`decide`] that change the pod
+/// further. Our own edits produce their patch as they go.
 pub fn diff(before: &Value, after: &Value) -> json_patch::Patch {
     json_patch::diff(before, after)
 }

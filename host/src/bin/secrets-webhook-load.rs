@@ -308,17 +308,21 @@ async fn main() -> Result<()> {
     );
     let tls = connector(&args.ca, args.http)?;
     let start = Instant::now();
-    let rss_max = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // (seconds into the measurement, KiB) every 100 ms.
+    let rss_series = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
     if let Some(pid) = args.server_pid {
-        let (warmup, rss_max) = (
+        let (warmup, series) = (
             Duration::from_secs_f64(args.warmup_seconds),
-            rss_max.clone(),
+            rss_series.clone(),
         );
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(100));
             while let Some(kib) = rss_kib(pid) {
-                if start.elapsed() >= warmup {
-                    rss_max.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                if let Some(at) = start.elapsed().checked_sub(warmup) {
+                    series
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((at.as_secs_f64(), kib));
                 }
                 ticks.tick().await;
             }
@@ -339,9 +343,16 @@ async fn main() -> Result<()> {
     for worker in workers {
         samples.extend(worker.await??);
     }
-    let rss_max = args
-        .server_pid
-        .map(|_| rss_max.load(std::sync::atomic::Ordering::Relaxed));
+    let rss = rss_series.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let rss_max = rss.iter().map(|(_, kib)| *kib).max();
+    if let (Some(first), Some(last)) = (rss.first(), rss.last()) {
+        println!(
+            "server RSS: {:.1} MiB at the start of the measurement, {:.1} MiB at the end, {:.1} MiB at most",
+            first.1 as f64 / 1024.0,
+            last.1 as f64 / 1024.0,
+            rss_max.unwrap_or_default() as f64 / 1024.0
+        );
+    }
     report(&args, &samples, rss_max)
 }
 

@@ -1,17 +1,12 @@
 //! AWS Secrets Manager: the AWS sidecar image as an init container, which writes the secret
 //! `SECRET_ARN` to `/tmp/<SECRET_FILENAME>`; the volume at `/tmp` is `/etc/flyte/secrets` elsewhere.
 
-use serde_json::{Map, Value};
-
 use super::puller::Puller;
 use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, env_value, refuse, require};
+use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
 
-pub fn inject(
-    cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
-    secret: &Secret,
-) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
     require(secret, true, true, "AWS")?;
     if secret.mount_requirement == MountRequirement::EnvVar {
         return refuse("unrecognized mount requirement [ENV_VAR] for AWS Secrets Manager");

@@ -1,10 +1,9 @@
 //! Azure Key Vault: an Azure CLI init container logs in with workload identity and writes the
 //! secret `<group>` (its full URI) to `/etc/flyte/secrets/<name>[/<version>]` (lower-cased).
 
-use serde_json::{Map, Value};
-
 use super::puller::Puller;
 use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, refuse, require};
+use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
 
 /// `https://<vault>.vault.azure.net/secrets/<name>`: returns the name. The URI goes into a shell
@@ -21,11 +20,7 @@ fn secret_name(uri: &str) -> Option<&str> {
     (host_ok && name_ok).then_some(name)
 }
 
-pub fn inject(
-    cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
-    secret: &Secret,
-) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
     require(secret, true, false, "Azure")?;
     if secret.mount_requirement == MountRequirement::EnvVar {
         return refuse("unrecognized mount requirement [ENV_VAR] for Azure Key Vault");

@@ -1,10 +1,9 @@
 //! GCP Secret Manager: a gcloud init container pulls `<group>` at version `<group_version>` into
 //! `/etc/flyte/secrets/<group>/<group_version>` (lower-cased).
 
-use serde_json::{Map, Value};
-
 use super::puller::Puller;
 use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, refuse};
+use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
 
 /// GCP secret names and resource names (`projects/p/secrets/s`); versions are numbers or aliases.
@@ -16,11 +15,7 @@ fn shell_safe(text: &str, extra: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || extra.contains(&b))
 }
 
-pub fn inject(
-    cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
-    secret: &Secret,
-) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
     if secret.group.is_empty() || secret.group_version.is_empty() {
         return refuse("GCP requires both group and group_version");
     }

@@ -1,20 +1,14 @@
 //! Global: secrets the webhook itself holds, injected as plain env vars (Flyte's `Global` type).
 
-use serde_json::{Map, Value};
-
 use super::{
     Context, ENV_ENV_PREFIX, InjectError, check_custom_env_var, env_value, refuse, require,
     secret_env_name,
 };
 use crate::names::check_env_var_name;
-use crate::pod;
+use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
 
-pub fn inject(
-    cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
-    secret: &Secret,
-) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
     require(secret, true, true, "Global")?;
     let Some(value) = cx.globals.lookup(&secret.group, &secret.key) else {
         return refuse("not among the webhook's global secrets");
@@ -32,8 +26,8 @@ pub fn inject(
     if !secret.env_var.is_empty() {
         vars.push(env_value(&secret.env_var, &value));
     }
-    for container in pod::containers(pod)? {
-        pod::append_env(container, &vars)?;
+    for slot in pod.containers()? {
+        pod.append_env(slot, &vars)?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! K8s: Kubernetes Secrets in the pod's namespace, as `secretKeyRef` env vars or a secret volume.
 //! The Secret is named after the group; `optional: true` so a missing Secret never blocks a pod.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{
     Context, ENV_ENV_PREFIX, InjectError, MOUNT_ROOT, check_custom_env_var, env_value, file_env,
@@ -11,14 +11,10 @@ use crate::annotations::base32_encode;
 use crate::names::{
     check_dns1123_label, check_dns1123_subdomain, check_env_var_name, check_secret_key, stable_id,
 };
-use crate::pod;
+use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
 
-pub fn inject(
-    cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
-    secret: &Secret,
-) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
     require(secret, true, true, "K8s")?;
     check_dns1123_subdomain(&secret.group).or_else(refuse)?;
     check_secret_key(&secret.key).or_else(refuse)?;
@@ -29,11 +25,7 @@ pub fn inject(
     }
 }
 
-fn inject_env(
-    cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
-    secret: &Secret,
-) -> Result<(), InjectError> {
+fn inject_env(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
     let prefix = &cx.settings.secret_env_var_prefix;
     let name = secret_env_name(prefix, secret);
     check_env_var_name(&name).or_else(refuse)?;
@@ -44,8 +36,8 @@ fn inject_env(
         vars.push(json!({"name": secret.env_var, "valueFrom": reference}));
     }
     vars.push(env_value(ENV_ENV_PREFIX, prefix));
-    for container in pod::containers(pod)? {
-        pod::append_env(container, &vars)?;
+    for slot in pod.containers()? {
+        pod.append_env(slot, &vars)?;
     }
     Ok(())
 }
@@ -63,60 +55,40 @@ fn volume_name(secret: &Secret) -> String {
 /// Mounts the group's Secret at `/etc/flyte/secrets/<group>`. All keys of a group share one volume
 /// and one mount, whatever their group_version, found again through the mount path, so a second
 /// key, a second version or a reinvocation only adds what is missing.
-fn inject_file(pod: &mut Map<String, Value>, secret: &Secret) -> Result<(), InjectError> {
+fn inject_file(pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
     let dir = format!("{MOUNT_ROOT}/{}", secret.group.to_lowercase());
     let path = format!("{dir}/{}", secret.key.to_lowercase());
     let item = json!({"key": secret.key, "path": secret.key.to_lowercase()});
 
-    let volume = match pod::volume_mounted_at(pod, &dir)? {
+    let volume = match pod.volume_mounted_at(&dir)? {
         Some(existing) => existing,
         None => volume_name(secret),
     };
-    match pod::volume_named(pod, &volume)? {
-        Some(existing) => {
-            let secret_name = existing.get("secret").and_then(|s| s.get("secretName"));
-            if secret_name.and_then(Value::as_str) != Some(secret.group.as_str()) {
-                return refuse(format!(
-                    "{dir} is already taken by volume {volume:?}, which is not Secret {:?}",
-                    secret.group
-                ));
-            }
-            add_item(existing, item)?;
+    let existing = pod.volume_named(&volume).map(|(index, existing)| {
+        let secret_name = existing.get("secret").and_then(|s| s.get("secretName"));
+        (
+            index,
+            secret_name.and_then(Value::as_str) == Some(secret.group.as_str()),
+        )
+    });
+    match existing {
+        Some((_, false)) => {
+            return refuse(format!(
+                "{dir} is already taken by volume {volume:?}, which is not Secret {:?}",
+                secret.group
+            ));
         }
-        None => pod::add_volume(
-            pod,
-            json!({
-                "name": volume,
-                "secret": {"secretName": secret.group, "items": [item], "optional": true},
-            }),
-        )?,
+        Some((index, true)) => pod.add_secret_item(index, item)?,
+        None => pod.add_volume(json!({
+            "name": volume,
+            "secret": {"secretName": secret.group, "items": [item], "optional": true},
+        }))?,
     }
     let mount = json!({"name": volume, "mountPath": dir, "readOnly": true});
     let vars = file_env(secret, &path);
-    for container in pod::containers(pod)? {
-        pod::append_mount(container, &mount)?;
-        pod::append_env(container, &vars)?;
-    }
-    Ok(())
-}
-
-/// Adds `item` to a secret volume's projection unless its key is there. A volume without `items`
-/// already projects every key.
-fn add_item(volume: &mut Map<String, Value>, item: Value) -> Result<(), InjectError> {
-    let Some(items) = volume
-        .get_mut("secret")
-        .and_then(|secret| secret.get_mut("items"))
-    else {
-        return Ok(());
-    };
-    let Some(items) = items.as_array_mut() else {
-        return Err(pod::MalformedPod("a secret volume's items is not a list".to_owned()).into());
-    };
-    if !items
-        .iter()
-        .any(|existing| existing.get("key") == item.get("key"))
-    {
-        items.push(item);
+    for slot in pod.containers()? {
+        pod.append_mount(slot, &mount)?;
+        pod.append_env(slot, &vars)?;
     }
     Ok(())
 }

@@ -9,9 +9,9 @@ mod k8s;
 mod puller;
 mod vault;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::pod::MalformedPod;
+use crate::pod::{MalformedPod, Pod};
 use crate::secret::Secret;
 use crate::settings::{ManagerType, Settings};
 
@@ -67,7 +67,7 @@ pub struct Context<'a> {
 pub fn inject(
     manager: ManagerType,
     cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
+    pod: &mut Pod,
     secret: &Secret,
 ) -> Result<(), InjectError> {
     match manager {
@@ -114,9 +114,24 @@ fn require(secret: &Secret, group: bool, key: bool, manager: &str) -> Result<(),
     Ok(())
 }
 
+/// Names the webhook itself sets; a secret's `env_var` may not take them over.
+const RESERVED_ENV: [&str; 5] = [
+    ENV_DEFAULT_DIR,
+    ENV_FILE_PREFIX,
+    ENV_ENV_PREFIX,
+    "SECRET_ARN",
+    "SECRET_FILENAME",
+];
+
 fn check_custom_env_var(secret: &Secret) -> Result<(), InjectError> {
     if secret.env_var.is_empty() {
         return Ok(());
+    }
+    if RESERVED_ENV.contains(&secret.env_var.as_str()) {
+        return refuse(format!(
+            "env_var {:?} is reserved for the webhook's own use",
+            secret.env_var
+        ));
     }
     crate::names::check_env_var_name(&secret.env_var)
         .or_else(|reason| refuse(format!("env_var: {reason}")))

@@ -4,13 +4,13 @@
 //! Pullers are numbered by the init containers before them (`aws-pull-secret-<N>`), as in Flyte;
 //! a reinvocation finds a secret's puller by what it pulls, not by its number, and adds nothing.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{InjectError, MOUNT_ROOT, file_env, refuse};
 
 /// The volumes pullers write into.
 const PULLER_VOLUMES: [&str; 3] = ["aws-secret-vol", "gcp-secret-vol", "azure-secret-vol"];
-use crate::pod;
+use crate::pod::Pod;
 use crate::secret::Secret;
 use crate::settings::PullerSettings;
 
@@ -46,14 +46,31 @@ impl Puller<'_> {
         named && has_env && container.get("command") == command.as_ref()
     }
 
-    pub fn inject(
-        mut self,
-        pod: &mut Map<String, Value>,
-        secret: &Secret,
-    ) -> Result<(), InjectError> {
+    /// `<prefix>-<N>` with N the number of init containers before it, as in Flyte, or the next
+    /// number whose name no container of the pod has yet.
+    fn free_name(&self, pod: &Pod) -> String {
+        let taken = |name: &str| {
+            ["initContainers", "containers"].iter().any(|field| {
+                pod.object()
+                    .get("spec")
+                    .and_then(|spec| spec.get(*field))
+                    .and_then(Value::as_array)
+                    .is_some_and(|list| {
+                        list.iter()
+                            .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
+                    })
+            })
+        };
+        (pod.init_containers().len()..)
+            .map(|n| format!("{}-{n}", self.name_prefix))
+            .find(|name| !taken(name))
+            .unwrap_or_else(|| self.name_prefix.to_owned())
+    }
+
+    pub fn inject(mut self, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
         // Pullers of different managers share whichever puller volume is already at the mount
         // root: two volumes cannot both be mounted there.
-        match pod::volume_mounted_at(pod, MOUNT_ROOT)? {
+        match pod.volume_mounted_at(MOUNT_ROOT)? {
             Some(name) if PULLER_VOLUMES.contains(&name.as_str()) => {
                 self.volume = PULLER_VOLUMES
                     .into_iter()
@@ -65,27 +82,27 @@ impl Puller<'_> {
             }
             None => {}
         }
-        pod::add_volume(
-            pod,
-            json!({"name": self.volume, "emptyDir": {"medium": "Memory"}}),
-        )?;
+        pod.add_volume(json!({"name": self.volume, "emptyDir": {"medium": "Memory"}}))?;
         let shared = file_env(secret, &self.path);
         let read_only = json!({"name": self.volume, "mountPath": MOUNT_ROOT, "readOnly": true});
-        for container in pod::containers(pod)? {
-            pod::append_mount(container, &read_only)?;
-            pod::append_env(container, &shared)?;
+        for slot in pod.containers()? {
+            pod.append_mount(slot, &read_only)?;
+            pod.append_env(slot, &shared)?;
         }
-        let existing = pod.get("spec").and_then(|s| s.get("initContainers"));
-        let present = existing
-            .and_then(Value::as_array)
-            .is_some_and(|list| list.iter().any(|c| self.is_same(c)));
+        let present = pod.init_containers().iter().any(|c| self.is_same(c));
         if present {
             return Ok(());
         }
+        let name = self.free_name(pod);
+        // The puller's own variables win over a custom env_var of the same name.
         let mut env = self.env;
-        env.extend(shared);
+        for var in shared {
+            if !env.iter().any(|own| own.get("name") == var.get("name")) {
+                env.push(var);
+            }
+        }
         let mut container = json!({
-            "name": format!("{}-{}", self.name_prefix, pod::init_container_count(pod)),
+            "name": name,
             "image": self.settings.sidecar_image,
             "env": env,
             "resources": self.settings.resources,
@@ -94,7 +111,7 @@ impl Puller<'_> {
         if let Some(command) = self.command {
             container["command"] = json!(command);
         }
-        pod::append_init_container(pod, container)?;
+        pod.append_init_container(container)?;
         Ok(())
     }
 }

@@ -3,11 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
-
 use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, file_env, refuse, require};
 use crate::names::stable_id;
-use crate::pod;
+use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
 use crate::settings::KvVersion;
 
@@ -20,11 +18,7 @@ enum Engine {
     Database,
 }
 
-pub fn inject(
-    cx: &Context<'_>,
-    pod: &mut Map<String, Value>,
-    secret: &Secret,
-) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
     require(secret, true, true, "Vault")?;
     if secret.mount_requirement == MountRequirement::EnvVar {
         return refuse("Env_Var is not a supported mount requirement for Vault Secret Manager");
@@ -72,14 +66,14 @@ pub fn inject(
         annotations.insert(key.clone(), value.clone());
     }
     for (key, value) in &annotations {
-        pod::add_annotation(pod, key, value)?;
+        pod.add_annotation(key, value)?;
     }
 
     // The agent keeps the group's case in the path, unlike the K8s and cloud managers.
     let path = format!("{MOUNT_ROOT}/{}/{}", secret.group, secret.key);
     let vars = file_env(secret, &path);
-    for container in pod::containers(pod)? {
-        pod::append_env(container, &vars)?;
+    for slot in pod.containers()? {
+        pod.append_env(slot, &vars)?;
     }
     Ok(())
 }
