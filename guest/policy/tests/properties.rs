@@ -3,8 +3,9 @@
 //! For every pod, secret list (encoded onto the pod with the opt-in label exactly as Flyte does)
 //! and settings:
 //!
-//! 1. a `Mutated` decision's `mutation::diff` applies to the original pod and gives the mutated pod,
-//!    and every operation of it is an `add`; `mutate_json` answers the same patch;
+//! 1. for a `Mutated` decision, both `mutate_json`'s patch (recorded while editing) and
+//!    `mutation::diff(original, mutated)` apply to the original pod and give the mutated pod, and
+//!    every operation of them is an `add`;
 //! 2. `decide` on the mutated pod gives `Unchanged` (the API server may reinvoke the webhook);
 //! 3. nothing of the original pod is lost or changed: every field keeps its value, and the only
 //!    arrays that grow (containers' `env` and `volumeMounts`, `spec.volumes`,
@@ -567,9 +568,9 @@ fn check_kept(before: &Value, after: &Value, path: &mut Path) -> Result<(), Stri
 
 /// Known bugs that property 5 finds, each with an ignored test in tests/regressions.rs; set to
 /// false when fixed. Pullers are named without checking the name is free:
-const PULLER_NAME_CLASH_IS_KNOWN: bool = true;
+const PULLER_NAME_CLASH_IS_KNOWN: bool = false;
 /// and a puller's env may hold a name twice when the secret's env_var is one of its own variables.
-const PULLER_ENV_DUPLICATE_IS_KNOWN: bool = true;
+const PULLER_ENV_DUPLICATE_IS_KNOWN: bool = false;
 
 /// The init containers the cloud managers add (`secrets_policy::pod::PULLER_PREFIXES`).
 fn is_puller_name(name: &str) -> bool {
@@ -797,16 +798,21 @@ proptest! {
         let outcome = mutate_json(&settings, &pod.to_string(), &globals);
         match (&decision, &outcome) {
             (Decision::Mutated(mutated), Outcome::Patched(patch)) => {
-                for op in &patch.0 {
-                    prop_assert!(
-                        matches!(op, json_patch::PatchOperation::Add(_)),
-                        "not an add: {} (settings #{})", serde_json::to_string(op).unwrap(), index
-                    );
+                let diff = secrets_policy::mutation::diff(&pod, mutated);
+                for (which, patch) in [("mutate_json's", patch), ("diff's", &diff)] {
+                    for op in &patch.0 {
+                        prop_assert!(
+                            matches!(op, json_patch::PatchOperation::Add(_)),
+                            "{} patch has more than adds: {} (settings #{})",
+                            which, serde_json::to_string(op).unwrap(), index
+                        );
+                    }
+                    let mut patched = pod.clone();
+                    json_patch::patch(&mut patched, &patch.0).map_err(|err| {
+                        TestCaseError::fail(format!("{which} patch does not apply: {err}"))
+                    })?;
+                    prop_assert_eq!(&patched, mutated, "{} patch, settings #{}", which, index);
                 }
-                let mut patched = pod.clone();
-                json_patch::patch(&mut patched, &patch.0)
-                    .map_err(|err| TestCaseError::fail(format!("patch does not apply: {err}")))?;
-                prop_assert_eq!(&patched, mutated, "settings #{}", index);
             }
             (Decision::Unchanged, Outcome::Unchanged) => {}
             (Decision::Denied(a), Outcome::Denied(b)) => prop_assert_eq!(a, b),
