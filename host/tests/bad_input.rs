@@ -4,18 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer, review_with};
+use common::{Options, TestServer, labelled_pod, review_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn labelled_pod() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "p", "labels": {"inject-flyte-secrets": "true"},
-                     "annotations": {"flyte.secrets/s0": "m4zg54lqhiqce3dsn4rgkiqknnsxsoraej1g512fnyrau"}},
-        "spec": {"containers": [{"name": "main", "image": "busybox"}]}
-    })
-}
 
 async fn assert_still_serving(server: &TestServer) {
     let mut client = server.client().await;

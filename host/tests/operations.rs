@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer, fixtures, review_with};
+use common::{Options, TestServer, fixtures, labelled_pod, review_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -157,16 +157,6 @@ async fn post_to(addr: std::net::SocketAddr, ca_pem: String, body: Vec<u8>) -> (
 
 fn policy_file(name: &str) -> PathBuf {
     Path::new(env!("SECRETS_WEBHOOK_POLICY_DIR")).join(name)
-}
-
-fn labelled_pod() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"generateName": "task-", "namespace": "flytesnacks-development",
-                     "labels": {"inject-flyte-secrets": "true"},
-                     "annotations": {"flyte.secrets/s0": "m4zg54lqhiqce3dsn4rgkiqknnsxsoraej1g512fnyrau"}},
-        "spec": {"containers": [{"name": "main", "image": "busybox"}]}
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

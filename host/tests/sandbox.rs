@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer, patch_of, review_with};
+use common::{Options, TestServer, labelled_pod, patch_of, review_with};
 use secrets_webhook::config::Overrides;
 use secrets_webhook::metrics::Metrics;
 use secrets_webhook::policy::{self, Limits, Runtime};
@@ -15,15 +15,6 @@ use serde_json::{Value, json};
 
 fn test_policy(file: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(env!("SECRETS_WEBHOOK_POLICY_DIR")).join(file)).unwrap()
-}
-
-fn labelled_pod() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "p", "labels": {"inject-flyte-secrets": "true"},
-                     "annotations": {"flyte.secrets/s0": "m4zg54lqhiqce3dsn4rgkiqknnsxsoraej1g512fnyrau"}},
-        "spec": {"containers": [{"name": "main", "image": "busybox"}]}
-    })
 }
 
 fn config_file(dir: &tempfile::TempDir, yaml: &str) -> PathBuf {

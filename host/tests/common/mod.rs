@@ -222,6 +222,17 @@ pub fn patch_of(response: &serde_json::Value) -> Option<json_patch::Patch> {
     Some(serde_json::from_slice(&bytes).unwrap())
 }
 
+/// An opted-in pod asking for one K8s secret (group probe, key token), created by generateName.
+pub fn labelled_pod() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "task-", "namespace": "flytesnacks-development",
+                     "labels": {"inject-flyte-secrets": "true"},
+                     "annotations": {"flyte.secrets/s0": "m4zg54lqhiqce3dsn4rgkiqknnsxsoraej1g512fnyrau"}},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]}
+    })
+}
+
 pub fn review_with(object: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
