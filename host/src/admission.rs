@@ -33,8 +33,11 @@ pub trait Mutator: Send + Sync {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ReviewIn<'a> {
-    api_version: Option<&'a str>,
-    kind: Option<&'a str>,
+    // Cow: borrowed when the JSON string has no escapes, owned when it does (`"admission.k8s.io\/v1"`).
+    #[serde(borrow)]
+    api_version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     request: Option<RequestIn<'a>>,
 }
@@ -195,11 +198,11 @@ fn check<'r, 'a>(parsed: &'r ReviewIn<'a>) -> Result<&'r RequestIn<'a>, (String,
         .as_ref()
         .and_then(|r| r.uid.clone())
         .unwrap_or_default();
-    if parsed.api_version != Some(API_VERSION) || parsed.kind != Some(KIND) {
+    if parsed.api_version.as_deref() != Some(API_VERSION) || parsed.kind.as_deref() != Some(KIND) {
         let message = format!(
             "expected apiVersion {API_VERSION} and kind {KIND}, got {} {}",
-            parsed.api_version.unwrap_or("(none)"),
-            parsed.kind.unwrap_or("(none)")
+            parsed.api_version.as_deref().unwrap_or("(none)"),
+            parsed.kind.as_deref().unwrap_or("(none)")
         );
         return Err((uid, message));
     }

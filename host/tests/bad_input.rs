@@ -95,6 +95,12 @@ async fn malformed_reviews_get_400_with_a_reason() {
         assert_eq!(response["response"]["status"]["code"], 400, "{name}");
         assert!(message(&response).contains(reason), "{name}: {response}");
     }
+    // Escapes in the envelope are still the same strings.
+    let escaped = serde_json::to_string(&review_with(labelled_pod()))
+        .unwrap()
+        .replace("admission.k8s.io/v1", "admission.k8s.io\\/v1");
+    let (status, response) = client.post("/mutate", escaped.into_bytes()).await;
+    assert_eq!(status, 200, "{response}");
     // A review we can read but refuse still echoes its uid.
     let (_, response) = client
         .post("/mutate", serde_json::to_vec(&wrong_version).unwrap())
