@@ -4,18 +4,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer, labelled_pod, review_with};
+use common::{Options, TestServer, labelled_pod, labelled_review, review_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn assert_still_serving(server: &TestServer) {
     let mut client = server.client().await;
-    let (status, response) = client
-        .post(
-            "/mutate",
-            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
-        )
-        .await;
+    let (status, response) = client.post("/mutate", labelled_review()).await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["response"]["allowed"], true);
     assert_eq!(response["response"]["patchType"], "JSONPatch");
@@ -198,7 +193,7 @@ async fn oversized_bodies_are_refused_at_the_limit() {
         ..Options::default()
     })
     .await;
-    let base = serde_json::to_vec(&review_with(labelled_pod())).unwrap();
+    let base = labelled_review();
     let padded = |len: usize| {
         // Whitespace is valid JSON, so only the size differs.
         let mut body = base.clone();

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer, fixtures, labelled_pod, review_with};
+use common::{Options, TestServer, fixtures, labelled_pod, labelled_review, review_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -177,7 +177,7 @@ async fn sigterm_drains_requests_in_flight_then_exits_zero() {
         &[],
     );
     assert_eq!(process.readyz().await, 200);
-    let body = serde_json::to_vec(&review_with(labelled_pod())).unwrap();
+    let body = labelled_review();
     let in_flight = tokio::spawn(post_to(process.addr, process.ca_pem.clone(), body));
     tokio::time::sleep(Duration::from_millis(400)).await;
     process.terminate();
@@ -374,10 +374,7 @@ async fn tls_older_than_1_2_is_refused() {
     let (status, _) = server
         .client()
         .await
-        .post(
-            "/mutate",
-            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
-        )
+        .post("/mutate", labelled_review())
         .await;
     assert_eq!(status, 200);
     server.stop().await;
@@ -414,10 +411,7 @@ async fn http2_rapid_reset_is_bounded() {
     let (status, _) = server
         .client_h2()
         .await
-        .post(
-            "/mutate",
-            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
-        )
+        .post("/mutate", labelled_review())
         .await;
     assert_eq!(status, 200);
     // The server cuts the flood off (GOAWAY, then it closes the connection) long before 10,000.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer, labelled_pod, patch_of, review_with};
+use common::{Options, TestServer, labelled_review, patch_of};
 use secrets_webhook::config::Overrides;
 use secrets_webhook::metrics::Metrics;
 use secrets_webhook::policy::{self, Limits, Runtime};
@@ -53,12 +53,7 @@ async fn hostile_policies_are_answered_within_the_deadline() {
         let digest = server.active.digest()[..12].to_owned();
         let mut client = server.client().await;
         let started = Instant::now();
-        let (status, response) = client
-            .post(
-                "/mutate",
-                serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
-            )
-            .await;
+        let (status, response) = client.post("/mutate", labelled_review()).await;
         let elapsed = started.elapsed();
         assert_eq!(status, 200, "{how}: {response}");
         let answer = &response["response"];
@@ -74,12 +69,7 @@ async fn hostile_policies_are_answered_within_the_deadline() {
         }
         assert!(elapsed < Duration::from_secs(5), "{how} took {elapsed:?}");
         // The next request is served too: nothing leaked from the failed instance.
-        let (status, _) = client
-            .post(
-                "/mutate",
-                serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
-            )
-            .await;
+        let (status, _) = client.post("/mutate", labelled_review()).await;
         assert_eq!(status, 200, "{how}: the server keeps serving");
         server.stop().await;
     }
@@ -91,10 +81,7 @@ async fn on_error_allow_admits_when_the_policy_fails() {
     let (_, response) = server
         .client()
         .await
-        .post(
-            "/mutate",
-            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
-        )
+        .post("/mutate", labelled_review())
         .await;
     assert_eq!(response["response"]["allowed"], true);
     assert!(response["response"]["patch"].is_null());
@@ -206,10 +193,7 @@ async fn a_broken_file_never_takes_over() {
     let (status, response) = server
         .client()
         .await
-        .post(
-            "/mutate",
-            serde_json::to_vec(&review_with(labelled_pod())).unwrap(),
-        )
+        .post("/mutate", labelled_review())
         .await;
     assert_eq!(
         (status, &response["response"]["allowed"]),
@@ -245,7 +229,7 @@ async fn swapping_under_load_loses_no_request() {
     let reloader = reloader(&server, file.clone(), metrics.clone());
     tokio::spawn(reloader.clone().run(Duration::from_millis(50)));
 
-    let body = serde_json::to_vec(&review_with(labelled_pod())).unwrap();
+    let body = labelled_review();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for index in 0..4 {

@@ -233,6 +233,11 @@ pub fn labelled_pod() -> serde_json::Value {
     })
 }
 
+/// The AdmissionReview bytes for creating [`labelled_pod`].
+pub fn labelled_review() -> Vec<u8> {
+    serde_json::to_vec(&review_with(labelled_pod())).unwrap()
+}
+
 pub fn review_with(object: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
