@@ -103,10 +103,14 @@ pub fn check_decision(settings: &Settings, label: &str, pod: &Value, pod_json: &
     match (&decision, &outcome) {
         (Decision::Unchanged, Outcome::Unchanged) => {}
         (Decision::Denied(a), Outcome::Denied(b)) => assert_eq!(a, b),
-        (Decision::Mutated(mutated), Outcome::Patched(patch)) => {
+        (Decision::Mutated(mutated), Outcome::Patched(patched)) => {
+            assert!(
+                !patched.injections.is_empty(),
+                "settings {label}: a patch that injects nothing"
+            );
             // The patch is recorded while editing; the diff is there for policies built on
             // `decide`. Both must hold.
-            check_patch(settings, label, pod, patch, mutated);
+            check_patch(settings, label, pod, &patched.patch, mutated);
             let diff = secrets_policy::mutation::diff(pod, mutated);
             check_patch(settings, label, pod, &diff, mutated);
         }
@@ -150,21 +154,11 @@ pub struct NativeMutator {
 
 impl Mutator for NativeMutator {
     fn mutate(&self, review: &Review) -> Result<policy::Outcome, PolicyFailure> {
-        Ok(
-            match mutate_json(&self.settings, &review.object, &globals) {
-                Outcome::Unchanged => policy::Outcome::Unchanged(Vec::new()),
-                Outcome::Patched(patch) => policy::Outcome::Patched(policy::Patched {
-                    patch: serde_json::to_string(&patch).map_err(|err| PolicyFailure::Error {
-                        digest: "native".to_owned(),
-                        reason: err.to_string(),
-                    })?,
-                    warnings: Vec::new(),
-                }),
-                Outcome::Denied(denial) => policy::Outcome::Denied(policy::Denied {
-                    code: denial.code,
-                    message: denial.message,
-                }),
-            },
-        )
+        policy::outcome_of(mutate_json(&self.settings, &review.object, &globals)).map_err(|err| {
+            PolicyFailure::Error {
+                digest: "native".to_owned(),
+                reason: err.to_string(),
+            }
+        })
     }
 }

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::policy::{Outcome, PolicyFailure, Review};
+use crate::policy::{Injection, Outcome, PolicyFailure, Review};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
@@ -123,6 +123,8 @@ pub struct Reply {
     pub pod: String,
     /// Why the pod was refused: names of secrets and managers, never values.
     pub reason: Option<String>,
+    /// What a patched reply injects, as the policy reported it.
+    pub injections: Vec<Injection>,
 }
 
 /// Answers one AdmissionReview.
@@ -236,18 +238,22 @@ fn outcome_response(uid: String, outcome: Outcome, on_error: OnError) -> Reply {
                         ..allowed()
                     },
                 ),
-                Ok(_) => answer(
-                    uid,
-                    Verdict::Patched,
-                    ResponseOut {
-                        patch: Some(
-                            base64::engine::general_purpose::STANDARD.encode(&patched.patch),
-                        ),
-                        patch_type: Some("JSONPatch"),
-                        warnings: patched.warnings,
-                        ..allowed()
-                    },
-                ),
+                Ok(_) => {
+                    let mut reply = answer(
+                        uid,
+                        Verdict::Patched,
+                        ResponseOut {
+                            patch: Some(
+                                base64::engine::general_purpose::STANDARD.encode(&patched.patch),
+                            ),
+                            patch_type: Some("JSONPatch"),
+                            warnings: patched.warnings,
+                            ..allowed()
+                        },
+                    );
+                    reply.injections = patched.injections;
+                    reply
+                }
                 Err(err) => refusal(
                     uid,
                     Verdict::Failed,
@@ -334,5 +340,6 @@ fn encode(http_status: u16, uid: String, verdict: Verdict, mut response: Respons
         uid,
         pod: String::new(),
         reason: None,
+        injections: Vec::new(),
     }
 }

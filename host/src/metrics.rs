@@ -22,6 +22,22 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ManagerLabels {
+    manager: &'static str,
+}
+
+/// The `manager` label values: the managers our policy knows, lower-cased. A policy's other
+/// names count as "other", so a custom policy cannot grow the label set without bound.
+const MANAGERS: [&str; 6] = ["global", "k8s", "vault", "aws", "gcp", "azure"];
+
+fn manager_label(name: &str) -> &'static str {
+    MANAGERS
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(name))
+        .unwrap_or("other")
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
     digest: String,
 }
@@ -31,6 +47,7 @@ pub struct Metrics {
     registry: Registry,
     reviews: Family<OutcomeLabels, Counter>,
     duration: Histogram,
+    injections: Family<ManagerLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     registrations: Family<ResultLabels, Counter>,
     policy: Family<PolicyLabels, Gauge>,
@@ -53,6 +70,16 @@ impl Default for Metrics {
             "Time from a complete request body to the response",
             duration.clone(),
         );
+        let injections = Family::<ManagerLabels, Counter>::default();
+        registry.register(
+            "injections",
+            "Secrets injected by patched reviews, by the manager that injected them",
+            injections.clone(),
+        );
+        // Present from the start at 0, so rates and alerts work before the first injection.
+        for manager in MANAGERS {
+            let _ = injections.get_or_create(&ManagerLabels { manager });
+        }
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -81,6 +108,7 @@ impl Default for Metrics {
             registry,
             reviews,
             duration,
+            injections,
             reloads,
             registrations,
             policy,
@@ -100,6 +128,14 @@ impl Metrics {
         };
         self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts one secret injected by `manager` (as the policy names it).
+    pub fn injected(&self, manager: &str) {
+        let manager = manager_label(manager);
+        self.injections
+            .get_or_create(&ManagerLabels { manager })
+            .inc();
     }
 
     pub fn reload(&self, swapped: bool) {
@@ -146,6 +182,10 @@ mod tests {
         let metrics = Metrics::default();
         metrics.review(Verdict::Patched, 0.0002);
         metrics.review(Verdict::Denied, 0.0003);
+        metrics.injected("Vault");
+        metrics.injected("vault");
+        metrics.injected("Global");
+        metrics.injected("Embedded");
         metrics.reload(false);
         metrics.policy_in_service("abc");
         metrics.policy_in_service("def");
@@ -155,6 +195,10 @@ mod tests {
             "secrets_webhook_reviews_total{outcome=\"patched\"} 1",
             "secrets_webhook_reviews_total{outcome=\"denied\"} 1",
             "secrets_webhook_review_duration_seconds_count 2",
+            "secrets_webhook_injections_total{manager=\"vault\"} 2",
+            "secrets_webhook_injections_total{manager=\"global\"} 1",
+            "secrets_webhook_injections_total{manager=\"other\"} 1",
+            "secrets_webhook_injections_total{manager=\"azure\"} 0",
             "secrets_webhook_policy_reloads_total{result=\"rejected\"} 1",
             "secrets_webhook_policy_info{digest=\"def\"} 1",
             "secrets_webhook_cert_expiry_timestamp_seconds 1900000000",

@@ -29,10 +29,10 @@ mod bindings {
     });
 }
 
-pub use bindings::secrets_webhook::policy::types::{Denied, Outcome, Patched, Review};
+pub use bindings::secrets_webhook::policy::types::{Denied, Injection, Outcome, Patched, Review};
 
 /// The world this host speaks, for messages.
-pub const WORLD: &str = "secrets-webhook:policy/mutation@0.1.0";
+pub const WORLD: &str = "secrets-webhook:policy/mutation@0.2.0";
 
 /// The policy built from `guest/` and embedded in this binary.
 pub const EMBEDDED: &[u8] = include_bytes!(env!("SECRETS_WEBHOOK_EMBEDDED_POLICY"));
@@ -362,7 +362,12 @@ impl Policy {
         let bytes = match &outcome {
             Outcome::Unchanged(warnings) => warnings.iter().map(String::len).sum(),
             Outcome::Patched(patched) => {
-                patched.patch.len() + patched.warnings.iter().map(String::len).sum::<usize>()
+                let injections = patched.injections.iter();
+                patched.patch.len()
+                    + patched.warnings.iter().map(String::len).sum::<usize>()
+                    + injections
+                        .map(|i| i.group.len() + i.key.len() + i.manager.len())
+                        .sum::<usize>()
             }
             Outcome::Denied(denied) => denied.message.len(),
         };
@@ -508,21 +513,34 @@ impl secrets_policy::GlobalSecrets for NativeGlobals<'_> {
 impl crate::admission::Mutator for Native {
     fn mutate(&self, review: &Review) -> Result<Outcome, PolicyFailure> {
         let globals = NativeGlobals(&self.globals);
-        Ok(
-            match secrets_policy::mutate_json(&self.settings, &review.object, &globals) {
-                secrets_policy::Outcome::Unchanged => Outcome::Unchanged(Vec::new()),
-                secrets_policy::Outcome::Patched(patch) => Outcome::Patched(Patched {
-                    patch: serde_json::to_string(&patch).map_err(|err| PolicyFailure::Error {
-                        digest: "native".to_owned(),
-                        reason: err.to_string(),
-                    })?,
-                    warnings: Vec::new(),
-                }),
-                secrets_policy::Outcome::Denied(denial) => Outcome::Denied(Denied {
-                    code: denial.code,
-                    message: denial.message,
-                }),
-            },
-        )
+        let outcome = secrets_policy::mutate_json(&self.settings, &review.object, &globals);
+        outcome_of(outcome).map_err(|err| PolicyFailure::Error {
+            digest: "native".to_owned(),
+            reason: err.to_string(),
+        })
     }
+}
+
+/// The library's outcome in the world's terms, exactly as guest/component translates it.
+pub fn outcome_of(outcome: secrets_policy::Outcome) -> serde_json::Result<Outcome> {
+    Ok(match outcome {
+        secrets_policy::Outcome::Unchanged => Outcome::Unchanged(Vec::new()),
+        secrets_policy::Outcome::Patched(patched) => Outcome::Patched(Patched {
+            patch: serde_json::to_string(&patched.patch)?,
+            warnings: Vec::new(),
+            injections: patched
+                .injections
+                .into_iter()
+                .map(|injection| Injection {
+                    group: injection.group,
+                    key: injection.key,
+                    manager: injection.manager.name().to_owned(),
+                })
+                .collect(),
+        }),
+        secrets_policy::Outcome::Denied(denial) => Outcome::Denied(Denied {
+            code: denial.code,
+            message: denial.message,
+        }),
+    })
 }

@@ -253,10 +253,11 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
         }
     };
     log_reply(&reply, started);
-    shared
-        .app
-        .metrics
-        .review(reply.verdict, started.elapsed().as_secs_f64());
+    let metrics = &shared.app.metrics;
+    metrics.review(reply.verdict, started.elapsed().as_secs_f64());
+    for injection in &reply.injections {
+        metrics.injected(&injection.manager);
+    }
     Response::builder()
         .status(reply.http_status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -273,9 +274,22 @@ fn log_reply(reply: &admission::Reply, started: Instant) {
     let micros = started.elapsed().as_micros() as u64;
     let (uid, pod, verdict) = (&reply.uid, &reply.pod, reply.verdict);
     match &reply.reason {
-        None => tracing::debug!(uid, pod, ?verdict, micros, "review answered"),
+        None if tracing::enabled!(tracing::Level::DEBUG) => {
+            let injected = injected_names(&reply.injections);
+            tracing::debug!(uid, pod, ?verdict, micros, injected, "review answered")
+        }
+        None => {}
         Some(reason) => tracing::warn!(uid, pod, ?verdict, micros, reason, "review refused"),
     }
+}
+
+/// `group/key (Manager)`, comma-separated: names only, never values.
+fn injected_names(injections: &[crate::policy::Injection]) -> String {
+    let names: Vec<String> = injections
+        .iter()
+        .map(|i| format!("{}/{} ({})", i.group, i.key, i.manager))
+        .collect();
+    names.join(", ")
 }
 
 fn too_large(limit: usize) -> Response<Full<Bytes>> {

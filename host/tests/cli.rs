@@ -134,7 +134,7 @@ fn policy_export_and_check() {
         None,
     ));
     assert!(
-        checked.starts_with("ok: ") && checked.contains("secrets-webhook:policy/mutation@0.1.0"),
+        checked.starts_with("ok: ") && checked.contains("secrets-webhook:policy/mutation@0.2.0"),
         "{checked}"
     );
 

@@ -1,5 +1,5 @@
 //! Every fixture through the real server over TLS, running the real embedded mutation.wasm, and
-//! through the `mutate` command.
+//! through the `mutate` command. The server run also checks the injections it counted by manager.
 
 mod common;
 
@@ -119,6 +119,30 @@ fn check(fixture: &Fixture, response: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// `secrets_webhook_injections_total` by manager, from the Prometheus exposition.
+fn injections(exposition: &str) -> BTreeMap<String, u64> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("secrets_webhook_injections_total{manager=\""))
+        .filter_map(|rest| {
+            let (manager, count) = rest.split_once("\"} ")?;
+            Some((manager.to_owned(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What each counter grew by, leaving out those that did not.
+fn counted_since(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(manager, n)| (manager.clone(), n - before.get(manager).unwrap_or(&0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_through_the_server_over_tls() {
     let all = load_fixtures();
@@ -146,11 +170,21 @@ async fn every_fixture_through_the_server_over_tls() {
             } else {
                 (&mut h2, "/mutate--v1-pod")
             };
+            let before = injections(&server.metrics.encode());
             let (status, response) = client.post(path, body).await;
             if status != 200 {
                 failures.push(format!("{}: HTTP {status}: {response}", fixture.name));
             } else if let Err(why) = check(fixture, &response) {
                 failures.push(format!("{}: {why}", fixture.name));
+            }
+            let counted = counted_since(&before, &injections(&server.metrics.encode()));
+            let expected: BTreeMap<String, u64> =
+                serde_json::from_value(fixture.expected["injected"].clone()).unwrap_or_default();
+            if counted != expected {
+                failures.push(format!(
+                    "{}: injections counted by manager {counted:?}, expected {expected:?}",
+                    fixture.name
+                ));
             }
         }
         server.stop().await;

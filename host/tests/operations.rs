@@ -118,13 +118,22 @@ impl Process {
     }
 
     async fn readyz(&self) -> u16 {
+        self.get("/readyz").await.0
+    }
+
+    /// `GET path` on the plain-HTTP metrics port: the status and the body.
+    async fn get(&self, path: &str) -> (u16, String) {
         let mut tcp = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
-        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         tcp.read_to_string(&mut response).await.unwrap();
-        response.split_whitespace().nth(1).unwrap().parse().unwrap()
+        let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 }
 
@@ -264,6 +273,69 @@ async fn logs_name_reviews_but_never_secret_values() {
         all.contains("task-*"),
         "the log names the pod's generateName"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_reviews_and_injections_and_name_the_policy() {
+    let globals = fixtures().join("global-secrets");
+    let process = Process::start(&["--global-secrets-dir", globals.to_str().unwrap()], &[]);
+    let review = |fixture: &str| -> Vec<u8> {
+        std::fs::read(fixtures().join(fixture).join("review.json")).unwrap()
+    };
+    // Global db/password, K8s tls-certs/client.crt and stripe/api-key.
+    let (_, response) = process.post(review("25-mixed-global-and-k8s")).await;
+    let patch = common::patch_of(&response).expect("fixture 25 is patched");
+    let original: Value = serde_json::from_slice(&review("25-mixed-global-and-k8s")).unwrap();
+    let mut injected = original["request"]["object"].clone();
+    json_patch::patch(&mut injected, &patch).unwrap();
+    // The injected pod again (a reinvocation): unchanged, and nothing counted twice.
+    let (_, again) = process
+        .post(serde_json::to_vec(&review_with(injected)).unwrap())
+        .await;
+    assert!(common::patch_of(&again).is_none());
+    process.post(review("08-k8s-group-capitals-denied")).await;
+    process.post(b"{not json".to_vec()).await;
+
+    let (status, text) = process.get("/metrics").await;
+    assert_eq!(status, 200);
+    let (_, ready) = process.get("/readyz").await;
+    let digest = ready
+        .trim()
+        .strip_prefix("ready policy=")
+        .unwrap()
+        .to_owned();
+    for line in [
+        "secrets_webhook_reviews_total{outcome=\"patched\"} 1".to_owned(),
+        "secrets_webhook_reviews_total{outcome=\"unchanged\"} 1".to_owned(),
+        "secrets_webhook_reviews_total{outcome=\"denied\"} 1".to_owned(),
+        "secrets_webhook_reviews_total{outcome=\"invalid\"} 1".to_owned(),
+        "secrets_webhook_review_duration_seconds_count 4".to_owned(),
+        "secrets_webhook_injections_total{manager=\"global\"} 1".to_owned(),
+        "secrets_webhook_injections_total{manager=\"k8s\"} 2".to_owned(),
+        "secrets_webhook_injections_total{manager=\"vault\"} 0".to_owned(),
+        format!("secrets_webhook_policy_info{{digest=\"{digest}\"}} 1"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+    let expiry: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secrets_webhook_cert_expiry_timestamp_seconds "))
+        .and_then(|v| v.parse().ok())
+        .expect("the cert expiry is exported");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let days = (expiry - now) / 86_400.0;
+    assert!(
+        (300.0..=366.0).contains(&days),
+        "the local leaf expires in {days} days"
+    );
+    process.terminate();
+    let _ = tokio::task::spawn_blocking(move || process.wait()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,7 +100,7 @@ fn components_of_other_worlds_are_refused_clearly() {
     let empty_component = b"\0asm\x0d\x00\x01\x00";
     let err = format!("{:#}", runtime.compile(empty_component).err().unwrap());
     assert!(
-        err.contains("does not implement world secrets-webhook:policy/mutation@0.1.0"),
+        err.contains("does not implement world secrets-webhook:policy/mutation@0.2.0"),
         "{err}"
     );
     // A core module (what Kubewarden runs) is not a component.

@@ -58,9 +58,11 @@ impl Guest for Annotating {
                         annotations.insert(ANNOTATION.to_owned(), Value::String(list));
                     }
                     let patch = json_patch_of(&pod, &mutated)?;
+                    // `decide` does not say which manager injected what, so none are reported.
                     types::Outcome::Patched(types::Patched {
                         patch,
                         warnings: Vec::new(),
+                        injections: Vec::new(),
                     })
                 }
             },

@@ -33,9 +33,18 @@ impl Guest for Policy {
         Ok(
             match secrets_policy::mutate_json(&settings, &review.object, &HostGlobals) {
                 Outcome::Unchanged => types::Outcome::Unchanged(Vec::new()),
-                Outcome::Patched(patch) => types::Outcome::Patched(types::Patched {
-                    patch: serde_json::to_string(&patch).map_err(|err| err.to_string())?,
+                Outcome::Patched(patched) => types::Outcome::Patched(types::Patched {
+                    patch: serde_json::to_string(&patched.patch).map_err(|err| err.to_string())?,
                     warnings: Vec::new(),
+                    injections: patched
+                        .injections
+                        .into_iter()
+                        .map(|injection| types::Injection {
+                            group: injection.group,
+                            key: injection.key,
+                            manager: injection.manager.name().to_owned(),
+                        })
+                        .collect(),
                 }),
                 Outcome::Denied(denial) => types::Outcome::Denied(types::Denied {
                     code: denial.code,

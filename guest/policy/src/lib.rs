@@ -16,6 +16,6 @@ pub mod secret;
 pub mod settings;
 
 pub use inject::GlobalSecrets;
-pub use mutation::{Decision, Denial, Outcome, decide, mutate_json};
+pub use mutation::{Decision, Denial, Injection, Outcome, Patched, decide, mutate_json};
 pub use secret::{MountRequirement, Secret};
-pub use settings::Settings;
+pub use settings::{ManagerType, Settings};

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use crate::annotations::{self, Request};
 use crate::inject::{self, Context, GlobalSecrets, InjectError};
 use crate::pod::{self, Add, MalformedPod, Pod};
-use crate::settings::Settings;
+use crate::settings::{ManagerType, Settings};
 
 /// What should happen to a pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,21 +42,41 @@ impl From<MalformedPod> for Denial {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Unchanged,
-    Patched(json_patch::Patch),
+    Patched(Patched),
     Denied(Denial),
+}
+
+/// A patch, with the secrets it injects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patched {
+    pub patch: json_patch::Patch,
+    /// In annotation order; secrets the pod already had are not listed.
+    pub injections: Vec<Injection>,
+}
+
+/// One secret a patch injects: names only, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injection {
+    pub group: String,
+    pub key: String,
+    pub manager: ManagerType,
 }
 
 /// Decides what to do with `pod` (a Pod object).
 pub fn decide(settings: &Settings, pod: &Value, globals: &dyn GlobalSecrets) -> Decision {
     match edit(settings, pod.clone(), globals) {
         Ok(None) => Decision::Unchanged,
-        Ok(Some((mutated, _))) => Decision::Mutated(Value::Object(mutated)),
+        Ok(Some(Edited { pod: mutated, .. })) => Decision::Mutated(Value::Object(mutated)),
         Err(denial) => Decision::Denied(denial),
     }
 }
 
-/// An edited pod and the patch from the original to it.
-type Edited = (Map<String, Value>, Vec<Add>);
+/// An edited pod, the patch from the original to it, and what it injects.
+struct Edited {
+    pod: Map<String, Value>,
+    ops: Vec<Add>,
+    injections: Vec<Injection>,
+}
 
 /// Injects every requested secret into `pod`, returning the edited pod and the patch that makes
 /// it, `None` when there is nothing to do, or why the pod is refused.
@@ -85,19 +105,33 @@ fn edit(
     };
     let mut pod = Pod::new(object);
     let cx = Context { settings, globals };
+    let mut injections = Vec::new();
     for request in &requests {
-        inject_one(&cx, &mut pod, request)?;
+        let before = pod.edits();
+        let manager = inject_one(&cx, &mut pod, request)?;
+        // A manager that finds the secret already injected accepts it without an edit.
+        if pod.edits() > before {
+            injections.push(Injection {
+                group: request.secret.group.clone(),
+                key: request.secret.key.clone(),
+                manager,
+            });
+        }
     }
-    let (edited, ops) = pod.into_parts();
-    Ok((!ops.is_empty()).then_some((edited, ops)))
+    let (pod, ops) = pod.into_parts();
+    Ok((!ops.is_empty()).then_some(Edited {
+        pod,
+        ops,
+        injections,
+    }))
 }
 
 /// Injects one request with the first manager that accepts it, or explains every refusal.
-fn inject_one(cx: &Context<'_>, pod: &mut Pod, request: &Request) -> Result<(), Denial> {
+fn inject_one(cx: &Context<'_>, pod: &mut Pod, request: &Request) -> Result<ManagerType, Denial> {
     let mut refusals = Vec::new();
     for manager in cx.settings.managers() {
         match inject::inject(manager, cx, pod, &request.secret) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(manager),
             Err(InjectError::Refused(reason)) => refusals.push(format!("{manager}: {reason}")),
             Err(InjectError::Malformed(err)) => return Err(err.into()),
         }
@@ -122,8 +156,10 @@ pub fn mutate_json(settings: &Settings, pod_json: &str, globals: &dyn GlobalSecr
     };
     match edit(settings, pod, globals) {
         Ok(None) => Outcome::Unchanged,
-        Ok(Some((_, ops))) => match patch_of(ops) {
-            Ok(patch) => Outcome::Patched(patch),
+        Ok(Some(Edited {
+            ops, injections, ..
+        })) => match patch_of(ops) {
+            Ok(patch) => Outcome::Patched(Patched { patch, injections }),
             Err(denial) => Outcome::Denied(denial),
         },
         Err(denial) => Outcome::Denied(denial),

@@ -76,6 +76,11 @@ impl Pod {
         &self.root
     }
 
+    /// How many patch operations the edits so far took.
+    pub fn edits(&self) -> usize {
+        self.ops.len()
+    }
+
     /// The edited pod and the patch from the original to it.
     pub fn into_parts(self) -> (Object, Vec<Add>) {
         (self.root, self.ops)

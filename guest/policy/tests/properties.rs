@@ -692,7 +692,11 @@ fn decision_bytes(decision: &Decision) -> String {
 fn outcome_bytes(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Unchanged => "unchanged".to_owned(),
-        Outcome::Patched(patch) => format!("patched {}", serde_json::to_string(patch).unwrap()),
+        Outcome::Patched(patched) => format!(
+            "patched {} {:?}",
+            serde_json::to_string(&patched.patch).unwrap(),
+            patched.injections
+        ),
         Outcome::Denied(denial) => format!("denied {} {}", denial.code, denial.message),
     }
 }
@@ -797,9 +801,15 @@ proptest! {
         let decision = decide(&settings, &pod, &globals);
         let outcome = mutate_json(&settings, &pod.to_string(), &globals);
         match (&decision, &outcome) {
-            (Decision::Mutated(mutated), Outcome::Patched(patch)) => {
+            (Decision::Mutated(mutated), Outcome::Patched(patched)) => {
+                // Every edit belongs to some secret, and only a configured manager injects.
+                prop_assert!(!patched.injections.is_empty(), "a patch that injects nothing (settings #{})", index);
+                let managers = settings.managers();
+                for injection in &patched.injections {
+                    prop_assert!(managers.contains(&injection.manager), "{:?} is not configured (settings #{})", injection, index);
+                }
                 let diff = secrets_policy::mutation::diff(&pod, mutated);
-                for (which, patch) in [("mutate_json's", patch), ("diff's", &diff)] {
+                for (which, patch) in [("mutate_json's", &patched.patch), ("diff's", &diff)] {
                     for op in &patch.0 {
                         prop_assert!(
                             matches!(op, json_patch::PatchOperation::Add(_)),

@@ -157,9 +157,9 @@ fn check_decision(settings: &Settings, label: &str, pod: &Value) {
     match (&decision, &outcome) {
         (Decision::Unchanged, Outcome::Unchanged) => {}
         (Decision::Denied(a), Outcome::Denied(b)) => assert_eq!(a, b),
-        (Decision::Mutated(mutated), Outcome::Patched(patch)) => {
+        (Decision::Mutated(mutated), Outcome::Patched(patched)) => {
             let diff = secrets_policy::mutation::diff(pod, mutated);
-            for patch in [patch, &diff] {
+            for patch in [&patched.patch, &diff] {
                 for op in &patch.0 {
                     assert!(
                         matches!(op, json_patch::PatchOperation::Add(_)),

@@ -48,10 +48,12 @@ impl Guest for Hostile {
             "huge" => Ok(Outcome::Patched(Patched {
                 patch: " ".repeat(12 << 20),
                 warnings: Vec::new(),
+                injections: Vec::new(),
             })),
             "bad-patch" => Ok(Outcome::Patched(Patched {
                 patch: "{\"not\": \"a patch\"}".to_owned(),
                 warnings: Vec::new(),
+                injections: Vec::new(),
             })),
             _ => Ok(Outcome::Unchanged(Vec::new())),
         }

@@ -39,6 +39,7 @@ pub struct TestServer {
     pub cert_dir: tempfile::TempDir,
     pub active: Arc<Active>,
     pub certs: Arc<tls::CertStore>,
+    pub metrics: Arc<Metrics>,
     handle: server::Handle,
 }
 
@@ -81,11 +82,12 @@ impl TestServer {
         let describe = active.clone();
         let readiness = Arc::new(Readiness::default());
         readiness.set_serving();
+        let metrics = Arc::new(Metrics::default());
         let app = server::App {
             mutator: active.clone(),
             describe_policy: Arc::new(move || describe.digest()),
             readiness: readiness.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: metrics.clone(),
             on_error: config.on_error,
             limits: server::Limits {
                 max_body_bytes: config.max_body_bytes.min(options.limits.max_body_bytes),
@@ -105,6 +107,7 @@ impl TestServer {
             cert_dir,
             active,
             certs: store,
+            metrics,
             handle,
         }
     }
