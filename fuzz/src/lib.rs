@@ -1,11 +1,130 @@
-//! What the fuzz targets share: the settings they run under, the global secrets, a native
-//! [`Mutator`] for the host's admission code, and the invariants every mutation must keep.
+//! The fuzz targets' bodies ([`decode_annotation`], [`mutate`], [`admission_review`]) and what
+//! they share: the settings they run under, the global secrets, a native [`Mutator`] for the
+//! host's admission code, and the invariants every mutation must keep.
+//!
+//! `fuzz_targets/*.rs` only hand libFuzzer's bytes to these functions; host/tests/fuzz_checks.rs
+//! includes this file to replay fuzz/regressions and the fixtures through the same checks in
+//! `cargo test`, so the checks cannot drift from CI.
 
-use secrets_policy::annotations::{ANNOTATION_PREFIX, base32_encode};
-use secrets_policy::{Decision, Outcome, Settings, decide, mutate_json};
-use secrets_webhook::admission::Mutator;
+use base64::Engine as _;
+use secrets_policy::annotations::{ANNOTATION_PREFIX, base32_encode, decode_value, encode_value};
+use secrets_policy::{Decision, Outcome, Secret, Settings, decide, mutate_json, prototext};
+use secrets_webhook::admission::{Mutator, OnError, Verdict, review};
 use secrets_webhook::policy::{self, PolicyFailure, Review};
 use serde_json::Value;
+
+/// The annotation decoder, base32 → UTF-8 → protobuf text → `Secret`, on arbitrary bytes. Besides
+/// not panicking: whatever decodes re-encodes to a value that decodes to the same secret, and
+/// whatever parses as text prints to text that parses to the same secret.
+pub fn decode_annotation(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // The same bytes as an annotation value (mostly base32) and as descriptor text.
+    if let Ok(secret) = decode_value(text) {
+        check_encodes(&secret);
+    }
+    if let Ok(secret) = prototext::parse(text) {
+        let printed = prototext::print(&secret);
+        assert_eq!(
+            prototext::parse(&printed).as_ref(),
+            Ok(&secret),
+            "{printed:?}"
+        );
+        check_encodes(&secret);
+    }
+}
+
+/// A secret encodes to a value that decodes to it, unless the value would pass the size limit
+/// (the printed text escapes each non-ASCII byte as four, so a descriptor that decodes may not
+/// encode).
+fn check_encodes(secret: &Secret) {
+    match encode_value(secret) {
+        Ok(encoded) => assert_eq!(decode_value(&encoded).as_ref(), Ok(secret), "{encoded}"),
+        Err(err) => assert!(err.contains("cannot exceed"), "{err}"),
+    }
+}
+
+/// The whole policy on an arbitrary pod: `decide` and `mutate_json` on any JSON, under the
+/// settings in the pod's `fuzz/settings` annotation or picked by the input's hash. Annotations
+/// `fuzz/plain-s<N>` carry descriptors in plain text ([`expand_plain_annotations`]). A mutation's
+/// patch must only add, apply, give the mutated pod, be idempotent and deterministic
+/// ([`check_decision`]).
+pub fn mutate(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        let (_, settings) = settings_for(data, None);
+        // Not even text: mutate_json must still answer (a denial).
+        let lossy = String::from_utf8_lossy(data);
+        let _ = mutate_json(&settings, &lossy, &globals);
+        return;
+    };
+    let Ok(mut pod) = serde_json::from_str::<Value>(text) else {
+        let (_, settings) = settings_for(data, None);
+        let outcome = mutate_json(&settings, text, &globals);
+        assert!(matches!(outcome, Outcome::Denied(_)), "{outcome:?}");
+        return;
+    };
+    let (label, settings) = settings_for(data, Some(&pod));
+    expand_plain_annotations(&mut pod);
+    let pod_json = pod.to_string();
+    check_decision(&settings, &label, &pod, &pod_json);
+}
+
+/// The host's AdmissionReview handling (`secrets_webhook::admission::review`) on an arbitrary
+/// request body, with the policy library called natively behind it. Every answer must be a
+/// well-formed AdmissionReview for the request's uid; a patch must be base64 of a JSON Patch
+/// that only adds, applies to the pod, and leaves nothing for a second run to do.
+pub fn admission_review(data: &[u8]) {
+    // The host reads reviews with serde_json's borrowing structs, which skip the fields they do
+    // not know without checking their UTF-8 (fuzz/regressions/admission_review/
+    // invalid-utf8-in-ignored-field); the object it hands on is valid UTF-8, so reading the body
+    // lossily gives the same object.
+    let request: Option<Value> = serde_json::from_str(&String::from_utf8_lossy(data)).ok();
+    let object = request.as_ref().map(|r| &r["request"]["object"]);
+    let (label, settings) = settings_for(data, object);
+    let on_error = if data.len().is_multiple_of(2) {
+        OnError::Deny
+    } else {
+        OnError::Allow
+    };
+    let mutator = NativeMutator { settings };
+    let reply = review(data, &mutator, on_error);
+
+    let body: Value = serde_json::from_slice(&reply.body).expect("the reply is JSON");
+    assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(body["kind"], "AdmissionReview");
+    let response = &body["response"];
+    assert_eq!(response["uid"], reply.uid.as_str());
+    let allowed = response["allowed"].as_bool().expect("allowed is a bool");
+    assert_eq!(reply.http_status == 400, reply.verdict == Verdict::Invalid);
+    assert_eq!(response.get("status").is_some(), !allowed);
+    let patch = response.get("patch");
+    assert_eq!(patch.is_some(), reply.verdict == Verdict::Patched);
+    assert_eq!(patch.is_some(), response.get("patchType").is_some());
+    assert_eq!(patch.is_some(), !reply.injections.is_empty());
+    if reply.verdict == Verdict::Invalid {
+        assert!(!allowed);
+        return;
+    }
+    assert_eq!(reply.http_status, 200);
+    if on_error == OnError::Allow {
+        assert!(allowed, "on_error allow refused a pod: {response}");
+    }
+    let Some(patch) = patch else {
+        return;
+    };
+    assert!(allowed);
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(patch.as_str().expect("the patch is a string"))
+        .expect("the patch is base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("a JSON Patch");
+    assert!(!patch.0.is_empty(), "an empty patch is sent as no patch");
+    // The review parsed, so its object is JSON; the policy saw exactly this text.
+    let pod = object.expect("a patched review is JSON");
+    let mut mutated = pod.clone();
+    json_patch::patch(&mut mutated, &patch.0).expect("the patch applies to the pod");
+    check_patch(&mutator.settings, &label, pod, &patch, &mutated);
+}
 
 /// Every manager alone, ordered lists, another env prefix.
 pub const SETTINGS: &[&str] = &[

@@ -59,6 +59,9 @@ struct Args {
     /// Per-100 ms latency series as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// The server's RSS once a second of the measurement as CSV (needs --server-pid).
+    #[arg(long)]
+    rss_csv: Option<PathBuf>,
     /// The same series as an SVG plot.
     #[arg(long)]
     svg: Option<PathBuf>,
@@ -345,15 +348,38 @@ async fn main() -> Result<()> {
     }
     let rss = rss_series.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let rss_max = rss.iter().map(|(_, kib)| *kib).max();
-    if let (Some(first), Some(last)) = (rss.first(), rss.last()) {
+    let rss_min = rss.iter().map(|(_, kib)| *kib).min();
+    if let (Some(first), Some(last), Some(min), Some(max)) =
+        (rss.first(), rss.last(), rss_min, rss_max)
+    {
+        let mib = |kib: u64| kib as f64 / 1024.0;
         println!(
-            "server RSS: {:.1} MiB at the start of the measurement, {:.1} MiB at the end, {:.1} MiB at most",
-            first.1 as f64 / 1024.0,
-            last.1 as f64 / 1024.0,
-            rss_max.unwrap_or_default() as f64 / 1024.0
+            "server RSS: {:.1} MiB at the start of the measurement, {:.1} MiB at the end; \
+             {:.1}–{:.1} MiB throughout (the top {:.1} % above the bottom)",
+            mib(first.1),
+            mib(last.1),
+            mib(min),
+            mib(max),
+            (max - min) as f64 * 100.0 / min as f64
         );
     }
+    if let Some(path) = &args.rss_csv {
+        write_rss_csv(path, &rss)?;
+    }
     report(&args, &samples, rss_max)
+}
+
+/// One row per whole second of the measurement: the first sample of that second.
+fn write_rss_csv(path: &std::path::Path, series: &[(f64, u64)]) -> Result<()> {
+    let mut out = String::from("second,rss_mib\n");
+    let mut next = 0.0;
+    for (at, kib) in series {
+        if *at >= next {
+            out.push_str(&format!("{next:.0},{:.2}\n", *kib as f64 / 1024.0));
+            next += 1.0;
+        }
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
 fn report(args: &Args, samples: &[Sample], rss_kib: Option<u64>) -> Result<()> {
