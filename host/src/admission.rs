@@ -119,7 +119,8 @@ pub struct Reply {
     pub verdict: Verdict,
     pub uid: String,
     /// Who the review was about, for logs: `<namespace>/<name or generateName>`. Filled in only
-    /// when it will be logged (a refusal, or debug logging), to keep the fast path fast.
+    /// when it will be logged (a refusal or an injection; anything at debug level), to keep the
+    /// fast path fast.
     pub pod: String,
     /// Why the pod was refused: names of secrets and managers, never values.
     pub reason: Option<String>,
@@ -162,7 +163,12 @@ pub fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Reply {
         Ok(outcome) => outcome_response(uid, outcome, on_error),
         Err(failure) => refusal(uid, Verdict::Failed, 500, failure.to_string(), on_error),
     };
-    if reply.reason.is_some() || tracing::enabled!(tracing::Level::DEBUG) {
+    let logged = match reply.verdict {
+        _ if reply.reason.is_some() => true,
+        Verdict::Patched => tracing::enabled!(tracing::Level::INFO),
+        _ => tracing::enabled!(tracing::Level::DEBUG),
+    };
+    if logged {
         reply.pod = describe_pod(&request.namespace, object);
     }
     reply

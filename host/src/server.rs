@@ -270,16 +270,17 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
         })
 }
 
+/// One line per refusal (warn) and per injection (info); everything else at debug.
 fn log_reply(reply: &admission::Reply, started: Instant) {
     let micros = started.elapsed().as_micros() as u64;
     let (uid, pod, verdict) = (&reply.uid, &reply.pod, reply.verdict);
     match &reply.reason {
-        None if tracing::enabled!(tracing::Level::DEBUG) => {
-            let injected = injected_names(&reply.injections);
-            tracing::debug!(uid, pod, ?verdict, micros, injected, "review answered")
-        }
-        None => {}
         Some(reason) => tracing::warn!(uid, pod, ?verdict, micros, reason, "review refused"),
+        None if verdict == admission::Verdict::Patched => {
+            let injected = injected_names(&reply.injections);
+            tracing::info!(uid, pod, micros, injected, "secrets injected")
+        }
+        None => tracing::debug!(uid, pod, ?verdict, micros, "review answered"),
     }
 }
 

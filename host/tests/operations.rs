@@ -44,8 +44,8 @@ impl Process {
             .arg("--cert-dir")
             .arg(dir.path())
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -278,7 +278,10 @@ async fn logs_name_reviews_but_never_secret_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_reviews_and_injections_and_name_the_policy() {
     let globals = fixtures().join("global-secrets");
-    let process = Process::start(&["--global-secrets-dir", globals.to_str().unwrap()], &[]);
+    let process = Process::start(
+        &["--global-secrets-dir", globals.to_str().unwrap()],
+        &[("RUST_LOG", "info")],
+    );
     let review = |fixture: &str| -> Vec<u8> {
         std::fs::read(fixtures().join(fixture).join("review.json")).unwrap()
     };
@@ -335,7 +338,38 @@ async fn metrics_count_reviews_and_injections_and_name_the_policy() {
         "the local leaf expires in {days} days"
     );
     process.terminate();
-    let _ = tokio::task::spawn_blocking(move || process.wait()).await;
+    let (_, logs) = tokio::task::spawn_blocking(move || process.wait())
+        .await
+        .unwrap();
+    // At the default level: one line per injection and per refusal, none for the rest.
+    let entries: Vec<Value> = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let about = |message: &str| -> Vec<&Value> {
+        entries
+            .iter()
+            .filter(|e| e["fields"]["message"] == message)
+            .map(|e| &e["fields"])
+            .collect()
+    };
+    let injected = about("secrets injected");
+    assert_eq!(injected.len(), 1, "{logs:#?}");
+    assert_eq!(injected[0]["uid"], original["request"]["uid"]);
+    assert_eq!(
+        injected[0]["pod"],
+        "flytesnacks-development/a7x2q9z4k1m8w3v0r5ts-n0-0"
+    );
+    assert_eq!(
+        injected[0]["injected"],
+        "db/password (Global), tls-certs/client.crt (K8s), stripe/api-key (K8s)"
+    );
+    assert_eq!(
+        about("review refused").len(),
+        2,
+        "the denial and the bad body"
+    );
+    assert!(about("review answered").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
