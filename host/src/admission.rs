@@ -118,14 +118,26 @@ pub struct Reply {
     pub body: Vec<u8>,
     pub verdict: Verdict,
     pub uid: String,
-    /// Who the review was about, for logs: `<namespace>/<name or generateName>`. Filled in only
-    /// when it will be logged (a refusal or an injection; anything at debug level), to keep the
-    /// fast path fast.
-    pub pod: String,
+    /// Who the review was about, for logs. Filled in only when it will be logged (a refusal or an
+    /// injection; anything at debug level), to keep the fast path fast.
+    pub pod: PodRef,
     /// Why the pod was refused: names of secrets and managers, never values.
     pub reason: Option<String>,
     /// What a patched reply injects, as the policy reported it.
     pub injections: Vec<Injection>,
+}
+
+/// A pod as logs name it. The API server names most pods only after admission, so `name` is
+/// often empty and `generate_name` is what identifies the workload.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRef {
+    #[serde(skip)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub generate_name: String,
 }
 
 /// Answers one AdmissionReview.
@@ -174,30 +186,18 @@ pub fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Reply {
     reply
 }
 
-/// `<namespace>/<name>`, or `<namespace>/<generateName>*` for pods named by the API server.
-fn describe_pod(namespace: &str, object: &RawValue) -> String {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Meta {
-        #[serde(default)]
-        name: String,
-        #[serde(default)]
-        generate_name: String,
-    }
+/// The pod's namespace, name and generateName; empty names when the object has none.
+fn describe_pod(namespace: &str, object: &RawValue) -> PodRef {
     #[derive(Deserialize)]
     struct Object {
-        metadata: Option<Meta>,
+        metadata: Option<PodRef>,
     }
-    let meta = serde_json::from_str::<Object>(object.get())
+    let mut pod = serde_json::from_str::<Object>(object.get())
         .ok()
-        .and_then(|object| object.metadata);
-    match meta {
-        Some(meta) if !meta.name.is_empty() => format!("{namespace}/{}", meta.name),
-        Some(meta) if !meta.generate_name.is_empty() => {
-            format!("{namespace}/{}*", meta.generate_name)
-        }
-        _ => format!("{namespace}/?"),
-    }
+        .and_then(|object| object.metadata)
+        .unwrap_or_default();
+    pod.namespace = namespace.to_owned();
+    pod
 }
 
 fn check<'r, 'a>(parsed: &'r ReviewIn<'a>) -> Result<&'r RequestIn<'a>, (String, String)> {
@@ -344,7 +344,7 @@ fn encode(http_status: u16, uid: String, verdict: Verdict, mut response: Respons
         body,
         verdict,
         uid,
-        pod: String::new(),
+        pod: PodRef::default(),
         reason: None,
         injections: Vec::new(),
     }

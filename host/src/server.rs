@@ -273,14 +273,41 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
 /// One line per refusal (warn) and per injection (info); everything else at debug.
 fn log_reply(reply: &admission::Reply, started: Instant) {
     let micros = started.elapsed().as_micros() as u64;
-    let (uid, pod, verdict) = (&reply.uid, &reply.pod, reply.verdict);
+    let (uid, verdict) = (&reply.uid, reply.verdict);
+    let pod = &reply.pod;
+    let (namespace, name, generate_name) = (&pod.namespace, &pod.name, &pod.generate_name);
     match &reply.reason {
-        Some(reason) => tracing::warn!(uid, pod, ?verdict, micros, reason, "review refused"),
+        Some(reason) => tracing::warn!(
+            uid,
+            namespace,
+            name,
+            generate_name,
+            ?verdict,
+            micros,
+            reason,
+            "review refused"
+        ),
         None if verdict == admission::Verdict::Patched => {
             let injected = injected_names(&reply.injections);
-            tracing::info!(uid, pod, micros, injected, "secrets injected")
+            tracing::info!(
+                uid,
+                namespace,
+                name,
+                generate_name,
+                micros,
+                injected,
+                "secrets injected"
+            )
         }
-        None => tracing::debug!(uid, pod, ?verdict, micros, "review answered"),
+        None => tracing::debug!(
+            uid,
+            namespace,
+            name,
+            generate_name,
+            ?verdict,
+            micros,
+            "review answered"
+        ),
     }
 }
 
