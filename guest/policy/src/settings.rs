@@ -260,6 +260,20 @@ impl Settings {
         if self.vault_secret_manager.role.is_empty() {
             return Err("invalid settings: vaultSecretManager.role is empty".to_owned());
         }
+        // The webhook reads these as secret requests: one added to a pod would be decoded (and
+        // refused) when the pod comes back on reinvocation.
+        let prefix = crate::annotations::ANNOTATION_PREFIX;
+        if let Some(key) = self
+            .vault_secret_manager
+            .annotations
+            .keys()
+            .find(|key| key.starts_with(prefix))
+        {
+            return Err(format!(
+                "invalid settings: vaultSecretManager.annotations may not set {key:?}: \
+                 {prefix}* annotations are secret requests"
+            ));
+        }
         for (name, puller) in [
             ("awsSecretManager", &self.aws_secret_manager),
             ("gcpSecretManager", &self.gcp_secret_manager),
@@ -347,6 +361,10 @@ mod tests {
                 "sidecarImage is empty",
             ),
             (r#"{"awsSecretManager": {"image": "x"}}"#, "unknown field"),
+            (
+                r#"{"vaultSecretManager": {"annotations": {"flyte.secrets/s0x": "y"}}}"#,
+                "are secret requests",
+            ),
             ("[1]", "invalid settings"),
         ] {
             let err = Settings::from_json(json).unwrap_err();
