@@ -270,44 +270,40 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
         })
 }
 
+/// One event about a review, with the fields every such line carries.
+macro_rules! review_event {
+    ($level:expr, $reply:expr, $micros:expr, $($fields:tt)+) => {
+        tracing::event!(
+            $level,
+            uid = $reply.uid.as_str(),
+            namespace = $reply.pod.namespace.as_str(),
+            name = $reply.pod.name.as_str(),
+            generate_name = $reply.pod.generate_name.as_str(),
+            micros = $micros,
+            $($fields)+
+        )
+    };
+}
+
 /// One line per refusal (warn) and per injection (info); everything else at debug.
 fn log_reply(reply: &admission::Reply, started: Instant) {
+    use tracing::Level;
     let micros = started.elapsed().as_micros() as u64;
-    let (uid, verdict) = (&reply.uid, reply.verdict);
-    let pod = &reply.pod;
-    let (namespace, name, generate_name) = (&pod.namespace, &pod.name, &pod.generate_name);
+    let verdict = reply.verdict;
     match &reply.reason {
-        Some(reason) => tracing::warn!(
-            uid,
-            namespace,
-            name,
-            generate_name,
-            ?verdict,
+        Some(reason) => review_event!(
+            Level::WARN,
+            reply,
             micros,
+            ?verdict,
             reason,
             "review refused"
         ),
         None if verdict == admission::Verdict::Patched => {
             let injected = injected_names(&reply.injections);
-            tracing::info!(
-                uid,
-                namespace,
-                name,
-                generate_name,
-                micros,
-                injected,
-                "secrets injected"
-            )
+            review_event!(Level::INFO, reply, micros, injected, "secrets injected")
         }
-        None => tracing::debug!(
-            uid,
-            namespace,
-            name,
-            generate_name,
-            ?verdict,
-            micros,
-            "review answered"
-        ),
+        None => review_event!(Level::DEBUG, reply, micros, ?verdict, "review answered"),
     }
 }
 
