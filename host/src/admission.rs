@@ -127,8 +127,8 @@ pub struct Reply {
     pub injections: Vec<Injection>,
 }
 
-/// A pod as logs name it. The API server names most pods only after admission, so `name` is
-/// often empty and `generate_name` is what identifies the workload.
+/// A pod as logs name it. A pod created with `generateName` (a ReplicaSet's, a Job's) gets its
+/// name only after admission, so then `name` is empty and `generate_name` identifies it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodRef {

@@ -359,18 +359,7 @@ impl Policy {
             digest: self.short_digest(),
             reason,
         })?;
-        let bytes = match &outcome {
-            Outcome::Unchanged(warnings) => warnings.iter().map(String::len).sum(),
-            Outcome::Patched(patched) => {
-                let injections = patched.injections.iter();
-                patched.patch.len()
-                    + patched.warnings.iter().map(String::len).sum::<usize>()
-                    + injections
-                        .map(|i| i.group.len() + i.key.len() + i.manager.len())
-                        .sum::<usize>()
-            }
-            Outcome::Denied(denied) => denied.message.len(),
-        };
+        let bytes = output_bytes(&outcome);
         if bytes > MAX_OUTPUT_BYTES {
             return Err(PolicyFailure::OutputTooLarge {
                 digest: self.short_digest(),
@@ -398,6 +387,25 @@ impl Policy {
                 reason: format!("{err:#}"),
             },
         }
+    }
+}
+
+/// What an outcome takes in the host: each string's bytes and its header, so that a list of a
+/// million empty strings counts for what it costs, not for nothing.
+fn output_bytes(outcome: &Outcome) -> usize {
+    let string = |s: &String| std::mem::size_of::<String>() + s.len();
+    let strings = |list: &[String]| list.iter().map(string).sum::<usize>();
+    match outcome {
+        Outcome::Unchanged(warnings) => strings(warnings),
+        Outcome::Patched(patched) => {
+            let injections = patched.injections.iter();
+            string(&patched.patch)
+                + strings(&patched.warnings)
+                + injections
+                    .map(|i| string(&i.group) + string(&i.key) + string(&i.manager))
+                    .sum::<usize>()
+        }
+        Outcome::Denied(denied) => string(&denied.message),
     }
 }
 

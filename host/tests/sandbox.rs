@@ -47,6 +47,7 @@ async fn hostile_policies_are_answered_within_the_deadline() {
         ("memory", "ran out of memory (limit 33554432 bytes)"),
         ("trap", "trapped"),
         ("huge", "more than the 8388608 allowed"),
+        ("many-injections", "more than the 8388608 allowed"),
         ("bad-patch", "invalid JSON Patch"),
     ] {
         let (server, _dir) = hostile_server(how, "").await;

@@ -1,6 +1,6 @@
 //! A policy that misbehaves on purpose, chosen by its settings `{"hostile": "<how>"}`, so the host's
-//! tests can check that the sandbox holds: `loop`, `memory`, `trap`, `huge`, `bad-patch`, or
-//! nothing (a well-behaved policy that changes nothing).
+//! tests can check that the sandbox holds: `loop`, `memory`, `trap`, `huge`, `many-injections`,
+//! `bad-patch`, or nothing (a well-behaved policy that changes nothing).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({
@@ -9,12 +9,12 @@ wit_bindgen::generate!({
 });
 
 use exports::secrets_webhook::policy::policy::Guest;
-use secrets_webhook::policy::types::{Outcome, Patched, Review};
+use secrets_webhook::policy::types::{Injection, Outcome, Patched, Review};
 
 struct Hostile;
 
 fn behaviour(settings: &str) -> &str {
-    ["loop", "memory", "trap", "huge", "bad-patch"]
+    ["loop", "memory", "trap", "huge", "many-injections", "bad-patch"]
         .into_iter()
         .find(|how| settings.contains(&format!("\"hostile\":\"{how}\"")))
         .unwrap_or("")
@@ -50,6 +50,20 @@ impl Guest for Hostile {
                 warnings: Vec::new(),
                 injections: Vec::new(),
             })),
+            // Small in the guest (24 bytes each), three Strings each once lifted into the host.
+            "many-injections" => {
+                let mut injections = Vec::with_capacity(500_000);
+                injections.resize_with(500_000, || Injection {
+                    group: String::new(),
+                    key: String::new(),
+                    manager: String::new(),
+                });
+                Ok(Outcome::Patched(Patched {
+                    patch: "[]".to_owned(),
+                    warnings: Vec::new(),
+                    injections,
+                }))
+            }
             "bad-patch" => Ok(Outcome::Patched(Patched {
                 patch: "{\"not\": \"a patch\"}".to_owned(),
                 warnings: Vec::new(),
