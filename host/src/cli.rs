@@ -742,6 +742,12 @@ fn mutate(args: MutateArgs) -> Result<ExitCode> {
                 .unwrap_or("")
         );
     }
+    for injection in &reply.injections {
+        eprintln!(
+            "injected {}/{} ({})",
+            injection.group, injection.key, injection.manager
+        );
+    }
     let patch: Value = match response["response"]["patch"].as_str() {
         Some(encoded) => {
             serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(encoded)?)?

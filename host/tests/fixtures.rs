@@ -234,6 +234,25 @@ fn every_fixture_through_the_mutate_command() {
         if let Err(why) = check(&fixture, &response) {
             failures.push(format!("{}: {why}", fixture.name));
         }
+        // `injected <group>/<key> (<Manager>)` on stderr, one line per secret.
+        let mut injected = BTreeMap::<String, u64>::new();
+        for line in String::from_utf8_lossy(&output.stderr).lines() {
+            let manager = line
+                .strip_prefix("injected ")
+                .and_then(|rest| rest.rsplit_once(" ("))
+                .and_then(|(_, manager)| manager.strip_suffix(')'));
+            if let Some(manager) = manager {
+                *injected.entry(manager.to_lowercase()).or_default() += 1;
+            }
+        }
+        let expected: BTreeMap<String, u64> =
+            serde_json::from_value(fixture.expected["injected"].clone()).unwrap_or_default();
+        if injected != expected {
+            failures.push(format!(
+                "{}: `mutate` reports injections {injected:?}, expected {expected:?}",
+                fixture.name
+            ));
+        }
     }
     assert!(
         failures.is_empty(),

@@ -14,10 +14,17 @@ use secrets_webhook::policy::types::{Injection, Outcome, Patched, Review};
 struct Hostile;
 
 fn behaviour(settings: &str) -> &str {
-    ["loop", "memory", "trap", "huge", "many-injections", "bad-patch"]
-        .into_iter()
-        .find(|how| settings.contains(&format!("\"hostile\":\"{how}\"")))
-        .unwrap_or("")
+    [
+        "loop",
+        "memory",
+        "trap",
+        "huge",
+        "many-injections",
+        "bad-patch",
+    ]
+    .into_iter()
+    .find(|how| settings.contains(&format!("\"hostile\":\"{how}\"")))
+    .unwrap_or("")
 }
 
 impl Guest for Hostile {
