@@ -119,6 +119,23 @@ fn check(fixture: &Fixture, response: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks injections by manager against the fixture's `injected` (none when absent).
+fn check_injected(
+    fixture: &Fixture,
+    source: &str,
+    got: &BTreeMap<String, u64>,
+) -> Result<(), String> {
+    let expected: BTreeMap<String, u64> =
+        serde_json::from_value(fixture.expected["injected"].clone()).unwrap_or_default();
+    if got == &expected {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: {source} injections {got:?}, expected {expected:?}",
+        fixture.name
+    ))
+}
+
 /// `secrets_webhook_injections_total` by manager, from the Prometheus exposition.
 fn injections(exposition: &str) -> BTreeMap<String, u64> {
     exposition
@@ -178,13 +195,8 @@ async fn every_fixture_through_the_server_over_tls() {
                 failures.push(format!("{}: {why}", fixture.name));
             }
             let counted = counted_since(&before, &injections(&server.metrics.encode()));
-            let expected: BTreeMap<String, u64> =
-                serde_json::from_value(fixture.expected["injected"].clone()).unwrap_or_default();
-            if counted != expected {
-                failures.push(format!(
-                    "{}: injections counted by manager {counted:?}, expected {expected:?}",
-                    fixture.name
-                ));
+            if let Err(why) = check_injected(fixture, "the metric counted", &counted) {
+                failures.push(why);
             }
         }
         server.stop().await;
@@ -245,13 +257,8 @@ fn every_fixture_through_the_mutate_command() {
                 *injected.entry(manager.to_lowercase()).or_default() += 1;
             }
         }
-        let expected: BTreeMap<String, u64> =
-            serde_json::from_value(fixture.expected["injected"].clone()).unwrap_or_default();
-        if injected != expected {
-            failures.push(format!(
-                "{}: `mutate` reports injections {injected:?}, expected {expected:?}",
-                fixture.name
-            ));
+        if let Err(why) = check_injected(&fixture, "`mutate` reported", &injected) {
+            failures.push(why);
         }
     }
     assert!(
