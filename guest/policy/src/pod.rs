@@ -126,6 +126,15 @@ impl Pod {
             .ok_or_else(|| MalformedPod(format!("{}{field} is not a list", dotted(base))))
     }
 
+    /// Appends `value` to `list`, the array at JSON Pointer `path`, and records the add.
+    fn push(list: &mut Vec<Value>, ops: &mut Vec<Add>, path: &str, value: Value) {
+        ops.push(Add {
+            path: format!("{path}/{}", list.len()),
+            value: value.clone(),
+        });
+        list.push(value);
+    }
+
     fn spec(&mut self) -> Result<(&mut Object, &mut Vec<Add>), MalformedPod> {
         let spec = Self::object_at(&mut self.root, &mut self.ops, "", "spec")?;
         Ok((spec, &mut self.ops))
@@ -200,12 +209,9 @@ impl Pod {
             return Ok(());
         }
         let env = Self::array_at(container, ops, &base, "env")?;
+        let path = format!("{base}/env");
         for var in fresh {
-            ops.push(Add {
-                path: format!("{base}/env/{}", env.len()),
-                value: var.clone(),
-            });
-            env.push(var.clone());
+            Self::push(env, ops, &path, var.clone());
         }
         Ok(())
     }
@@ -222,11 +228,7 @@ impl Pod {
             return Ok(());
         }
         let mounts = Self::array_at(container, ops, &base, "volumeMounts")?;
-        ops.push(Add {
-            path: format!("{base}/volumeMounts/{}", mounts.len()),
-            value: mount.clone(),
-        });
-        mounts.push(mount.clone());
+        Self::push(mounts, ops, &format!("{base}/volumeMounts"), mount.clone());
         Ok(())
     }
 
@@ -264,11 +266,7 @@ impl Pod {
         }
         let (spec, ops) = self.spec()?;
         let volumes = Self::array_at(spec, ops, "/spec", "volumes")?;
-        ops.push(Add {
-            path: format!("/spec/volumes/{}", volumes.len()),
-            value: volume.clone(),
-        });
-        volumes.push(volume);
+        Self::push(volumes, ops, "/spec/volumes", volume);
         Ok(())
     }
 
@@ -291,11 +289,12 @@ impl Pod {
             .iter()
             .any(|existing| existing.get("key") == item.get("key"))
         {
-            ops.push(Add {
-                path: format!("/spec/volumes/{index}/secret/items/{}", items.len()),
-                value: item.clone(),
-            });
-            items.push(item);
+            Self::push(
+                items,
+                ops,
+                &format!("/spec/volumes/{index}/secret/items"),
+                item,
+            );
         }
         Ok(())
     }
@@ -318,11 +317,7 @@ impl Pod {
     pub fn append_init_container(&mut self, container: Value) -> Result<(), MalformedPod> {
         let (spec, ops) = self.spec()?;
         let list = Self::array_at(spec, ops, "/spec", "initContainers")?;
-        ops.push(Add {
-            path: format!("/spec/initContainers/{}", list.len()),
-            value: container.clone(),
-        });
-        list.push(container);
+        Self::push(list, ops, "/spec/initContainers", container);
         Ok(())
     }
 

@@ -23,7 +23,9 @@ use proptest::test_runner::Config;
 use serde_json::{Map, Value, json};
 
 use secrets_policy::annotations::{POD_LABEL, encode_requests};
-use secrets_policy::{Decision, MountRequirement, Outcome, Secret, Settings, decide, mutate_json};
+use secrets_policy::{
+    Decision, ManagerType, MountRequirement, Outcome, Secret, Settings, decide, mutate_json,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -48,26 +50,6 @@ const SETTINGS: &[&str] = &[
     r#"{"secretManagerTypes": ["AWS", "K8s"]}"#,
     r#"{"secretManagerTypes": ["Azure", "GCP", "AWS", "Vault", "K8s"], "secretManagerType": "Global"}"#,
 ];
-
-/// The requests each entry of [`SETTINGS`] can serve (Global is always tried first).
-const FAMILIES: &[&[Family]] = {
-    use Family::*;
-    &[
-        &[Global, K8s],
-        &[Global],
-        &[Global, K8s],
-        &[Global, Vault],
-        &[Global, Vault],
-        &[Global, Aws],
-        &[Global, Aws],
-        &[Global, Gcp],
-        &[Global, Azure],
-        &[Global, Vault, K8s],
-        &[Global, Aws, Gcp],
-        &[Global, Aws, K8s],
-        &[Global, K8s, Vault, Aws, Gcp, Azure],
-    ]
-};
 
 /// The webhook's own secrets: some valid env names, one that cannot be an env var name.
 fn globals(group: &str, key: &str) -> Option<String> {
@@ -125,19 +107,9 @@ fn secret_from(
     )
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Family {
-    Global,
-    K8s,
-    Vault,
-    Aws,
-    Gcp,
-    Azure,
-}
-
-/// Requests a manager of one family accepts (most of the time: the pools also hold a few it
+/// Requests `manager` accepts (most of the time: the pools also hold a few it
 /// refuses, e.g. a FILE request for a global secret).
-fn family_secret(family: Family) -> BoxedStrategy<Secret> {
+fn served_by(manager: ManagerType) -> BoxedStrategy<Secret> {
     let env_var = || pick(&["", "", "", "PGPASSWORD", "API_TOKEN", "CA_FILE"]);
     let file_mount = || {
         prop_oneof![
@@ -153,8 +125,8 @@ fn family_secret(family: Family) -> BoxedStrategy<Secret> {
             })
             .boxed()
     };
-    match family {
-        Family::Global => with_mount(
+    match manager {
+        ManagerType::Global => with_mount(
             secret_from(
                 pick(&["db", "api", "MyGroup", "tls.certs"]),
                 pick(&["", "", "v1"]),
@@ -179,7 +151,7 @@ fn family_secret(family: Family) -> BoxedStrategy<Secret> {
             ]
             .boxed(),
         ),
-        Family::K8s => secret_from(
+        ManagerType::K8s => secret_from(
             pick(&["db", "minio", "postgres", "tls.certs", "gcp-sa", "api"]),
             pick(&["", "", "", "v2", "snowflake"]),
             pick(&[
@@ -193,7 +165,7 @@ fn family_secret(family: Family) -> BoxedStrategy<Secret> {
             env_var(),
         )
         .boxed(),
-        Family::Vault => with_mount(
+        ManagerType::Vault => with_mount(
             secret_from(
                 pick(&["secret/data/ml", "kv/team-a/snowflake", "db", "MyGroup"]),
                 pick(&["", "kv1", "kv2", "db", "v2"]),
@@ -203,7 +175,7 @@ fn family_secret(family: Family) -> BoxedStrategy<Secret> {
             .boxed(),
             file_mount().boxed(),
         ),
-        Family::Aws => with_mount(
+        ManagerType::Aws => with_mount(
             secret_from(
                 pick(&[
                     "arn:aws:secretsmanager:us-east-1:123:secret:",
@@ -217,7 +189,7 @@ fn family_secret(family: Family) -> BoxedStrategy<Secret> {
             .boxed(),
             file_mount().boxed(),
         ),
-        Family::Gcp => with_mount(
+        ManagerType::Gcp => with_mount(
             secret_from(
                 pick(&["TestSecret", "projects/p1/secrets/tok", "slack_bot_token"]),
                 pick(&["2", "latest", "7"]),
@@ -227,7 +199,7 @@ fn family_secret(family: Family) -> BoxedStrategy<Secret> {
             .boxed(),
             file_mount().boxed(),
         ),
-        Family::Azure => with_mount(
+        ManagerType::Azure => with_mount(
             secret_from(
                 pick(&[
                     "https://kv1.vault.azure.net/secrets/db-password",
@@ -272,8 +244,8 @@ fn wild_secret() -> impl Strategy<Value = Secret> {
 }
 
 /// Secret lists for the settings: mostly requests one of its managers serves, sometimes anything.
-fn secrets_for(families: &[Family]) -> impl Strategy<Value = Vec<Secret>> + use<> {
-    let served = proptest::strategy::Union::new(families.iter().map(|f| family_secret(*f)));
+fn secrets_for(managers: &[ManagerType]) -> impl Strategy<Value = Vec<Secret>> + use<> {
+    let served = proptest::strategy::Union::new(managers.iter().map(|m| served_by(*m)));
     let one = prop_oneof![8 => served, 1 => wild_secret()];
     prop_oneof![
         1 => Just(Vec::new()),
@@ -480,8 +452,9 @@ fn case() -> impl Strategy<Value = (Value, (usize, Settings))> {
     (0..SETTINGS.len()).prop_flat_map(|index| {
         let settings = Settings::from_json(SETTINGS[index])
             .unwrap_or_else(|err| panic!("settings #{index}: {err}"));
-        let families = FAMILIES[index];
-        (pod_with(secrets_for(families)), Just((index, settings)))
+        // Mostly requests the settings' own managers (Global first) can serve.
+        let secrets = secrets_for(&settings.managers());
+        (pod_with(secrets), Just((index, settings)))
     })
 }
 
