@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod policy;
 pub mod registration;
 pub mod reload;
+pub mod request_body;
 pub mod server;
 pub mod tls;
 pub mod watch;

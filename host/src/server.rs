@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{self, Mutator, OnError};
 use crate::health::{self, Describe, Readiness};
 use crate::metrics::Metrics;
+use crate::request_body::{self, Refusal};
 
 /// What the server needs besides the listener and the TLS config.
 pub struct App {
@@ -43,6 +44,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// For the TLS handshake, and for HTTP/1 request headers (slowloris).
     pub header_timeout: Duration,
+    /// For a review's whole body, once its headers are in (a slow body holds a connection too).
+    pub body_timeout: Duration,
     /// HTTP/2 streams one connection may have open (rapid-reset floods stay bounded).
     pub max_streams: u32,
     /// Reviews being evaluated at once; more wait their turn.
@@ -56,6 +59,7 @@ impl Default for Limits {
         Self {
             max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             max_streams: 64,
             max_concurrent_reviews: 64,
             drain_timeout: Duration::from_secs(20),
@@ -212,24 +216,17 @@ async fn route(
 
 async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let limit = shared.app.limits.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return too_large(limit);
-    }
-    let body = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => return too_large(limit),
-        Err(err) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("reading the request body: {err}\n"),
-            );
-        }
+    let limits = &shared.app.limits;
+    let (parts, body) = request.into_parts();
+    let read = request_body::read(
+        body,
+        &parts.headers,
+        limits.max_body_bytes,
+        tokio::time::Instant::now() + limits.body_timeout,
+    );
+    let body = match read.await {
+        Ok(body) => body,
+        Err(refusal) => return refused(refusal, parts.version, limits),
     };
     let Ok(_slot) = shared.reviews.acquire().await else {
         return text(
@@ -316,11 +313,36 @@ fn injected_names(injections: &[crate::policy::Injection]) -> String {
     names.join(", ")
 }
 
-fn too_large(limit: usize) -> Response<Full<Bytes>> {
-    text(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body exceeds the limit of {limit} bytes\n"),
-    )
+/// The answer to a body we would not take: what was wrong with it and, on HTTP/1, whether the
+/// connection is done (part of the body is still unread in it).
+fn refused(refusal: Refusal, version: http::Version, limits: &Limits) -> Response<Full<Bytes>> {
+    let (status, message, unread) = match refusal {
+        Refusal::TooLarge { limit, unread } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the limit of {limit} bytes\n"),
+            unread,
+        ),
+        Refusal::TimedOut => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {:?}\n",
+                limits.body_timeout
+            ),
+            true,
+        ),
+        Refusal::Unreadable(err) => (
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body: {err}\n"),
+            false,
+        ),
+    };
+    let mut response = text(status, message);
+    // HTTP/2 ends just the stream, and forbids the header.
+    if unread && version <= http::Version::HTTP_11 {
+        let close = header::HeaderValue::from_static("close");
+        response.headers_mut().insert(header::CONNECTION, close);
+    }
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -206,15 +206,105 @@ async fn oversized_bodies_are_refused_at_the_limit() {
         .post("/mutate", padded(64 * 1024))
         .await;
     assert_eq!(status, 200, "exactly at the limit: {response}");
+    // One byte over, and well over: the client still sending when refused must get the 413, not a
+    // reset connection (CI once failed here on "broken pipe", before the server read what was owed).
+    let over = [
+        1,
+        secrets_webhook::request_body::DISCARD_BYTES as usize - 1000,
+    ];
     for mut client in [server.client().await, server.client_h2().await] {
-        let (status, body) = client
-            .request("POST", "/mutate", padded(64 * 1024 + 1))
-            .await;
-        assert_eq!(status, 413, "one byte over");
-        assert!(String::from_utf8_lossy(&body).contains("exceeds the limit of 65536 bytes"));
+        for excess in over {
+            let (status, body) = client
+                .request("POST", "/mutate", padded(64 * 1024 + excess))
+                .await;
+            assert_eq!(status, 413, "{excess} bytes over");
+            assert!(String::from_utf8_lossy(&body).contains("exceeds the limit of 65536 bytes"));
+        }
     }
+
+    // Far over: refused on its Content-Length before any of it is sent, and the connection closed.
+    let mut stream = server.tls_stream(&[b"http/1.1"]).await;
+    stream
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10000000\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{head}"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("exceeds the limit of 65536 bytes"));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok() && rest.is_empty(),
+        "then the server hangs up"
+    );
+
+    // Chunked, so no length up front: refused once past the limit; what was owed is read, so the
+    // connection carries the next review.
+    let mut stream = server.tls_stream(&[b"http/1.1"]).await;
+    let chunk = vec![b' '; 70_000];
+    let mut request =
+        b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+    request.extend_from_slice(&chunk);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let review = labelled_review();
+    let mut request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        review.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&review);
+    stream.write_all(&request).await.unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let response: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(response["response"]["patchType"], "JSONPatch");
+
     assert_still_serving(&server).await;
     server.stop().await;
+}
+
+/// One HTTP/1.1 response with a Content-Length: its head (status line and headers) and body.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (String, Vec<u8>) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&received[..end + 4]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().unwrap())
+                    })
+                    .expect("a content-length");
+                if received.len() >= end + 4 + length {
+                    let body = received[end + 4..end + 4 + length].to_vec();
+                    return (head, body);
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed mid-response: {received:?}");
+            received.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a response within 5 s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +331,7 @@ async fn routes_and_methods() {
 async fn slow_and_plaintext_clients_are_cut_off() {
     let limits = secrets_webhook::server::Limits {
         header_timeout: Duration::from_millis(500),
+        body_timeout: Duration::from_millis(500),
         ..Default::default()
     };
     let server = TestServer::start(Options {
@@ -276,6 +367,25 @@ async fn slow_and_plaintext_clients_are_cut_off() {
     assert!(
         read.is_ok(),
         "a client that never finishes its headers is disconnected"
+    );
+
+    // Slow body: the headers promise 100 bytes, 10 come, then nothing.
+    let mut slow = server.tls_stream(&[b"http/1.1"]).await;
+    slow.write_all(
+        b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"apiVersi",
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_response(&mut slow).await;
+    assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{head}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "request body not received within 500ms\n"
     );
 
     assert_still_serving(&server).await;
