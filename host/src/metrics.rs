@@ -42,11 +42,21 @@ struct PolicyLabels {
     digest: String,
 }
 
+/// A review being handled; dropping it (answered, or the client gone) ends it.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric the webhook exports.
 pub struct Metrics {
     registry: Registry,
     reviews: Family<OutcomeLabels, Counter>,
     duration: Histogram,
+    in_flight: Gauge,
     injections: Family<ManagerLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     registrations: Family<ResultLabels, Counter>,
@@ -69,6 +79,12 @@ impl Default for Metrics {
             "review_duration_seconds",
             "Time from a complete request body to the response",
             duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "reviews_in_flight",
+            "AdmissionReviews received and not yet answered (reading, queued or evaluating)",
+            in_flight.clone(),
         );
         let injections = Family::<ManagerLabels, Counter>::default();
         registry.register(
@@ -108,6 +124,7 @@ impl Default for Metrics {
             registry,
             reviews,
             duration,
+            in_flight,
             injections,
             reloads,
             registrations,
@@ -128,6 +145,12 @@ impl Metrics {
         };
         self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts a review as in flight until the returned guard drops.
+    pub fn review_started(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
     }
 
     /// Counts one secret injected by `manager` (as the policy names it).

@@ -216,6 +216,7 @@ async fn route(
 
 async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
+    let _in_flight = shared.app.metrics.review_started();
     let limits = &shared.app.limits;
     let (parts, body) = request.into_parts();
     let read = request_body::read(
@@ -226,7 +227,7 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
     );
     let body = match read.await {
         Ok(body) => body,
-        Err(refusal) => return refused(refusal, parts.version, limits),
+        Err(refusal) => return refused(shared, refusal, parts.version, started),
     };
     let Ok(_slot) = shared.reviews.acquire().await else {
         return text(
@@ -314,29 +315,40 @@ fn injected_names(injections: &[crate::policy::Injection]) -> String {
 }
 
 /// The answer to a body we would not take: what was wrong with it and, on HTTP/1, whether the
-/// connection is done (part of the body is still unread in it).
-fn refused(refusal: Refusal, version: http::Version, limits: &Limits) -> Response<Full<Bytes>> {
-    let (status, message, unread) = match refusal {
+/// connection is done (part of the body is still unread in it). Logged and counted like a
+/// malformed review: the pod it carried is not admitted.
+fn refused(
+    shared: &Shared,
+    refusal: Refusal,
+    version: http::Version,
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    let limits = &shared.app.limits;
+    let (status, reason, unread) = match refusal {
         Refusal::TooLarge { limit, unread } => (
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds the limit of {limit} bytes\n"),
+            format!("request body exceeds the limit of {limit} bytes"),
             unread,
         ),
         Refusal::TimedOut => (
             StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "request body not received within {:?}\n",
-                limits.body_timeout
-            ),
+            format!("request body not received within {:?}", limits.body_timeout),
             true,
         ),
         Refusal::Unreadable(err) => (
             StatusCode::BAD_REQUEST,
-            format!("reading the request body: {err}\n"),
+            format!("reading the request body: {err}"),
             false,
         ),
     };
-    let mut response = text(status, message);
+    let elapsed = started.elapsed();
+    let micros = elapsed.as_micros() as u64;
+    tracing::warn!(status = status.as_u16(), micros, reason, "request refused");
+    shared
+        .app
+        .metrics
+        .review(admission::Verdict::Invalid, elapsed.as_secs_f64());
+    let mut response = text(status, format!("{reason}\n"));
     // HTTP/2 ends just the stream, and forbids the header.
     if unread && version <= http::Version::HTTP_11 {
         let close = header::HeaderValue::from_static("close");

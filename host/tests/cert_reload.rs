@@ -61,12 +61,19 @@ async fn the_watcher_picks_up_a_renewed_secret() {
             .clone()
             .watch(Duration::from_secs(3600), metrics.clone()),
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        metrics
-            .encode()
-            .contains("secrets_webhook_cert_expiry_timestamp_seconds ")
-    );
+    // The watcher exports the expiry as it starts (the gauge reads 0 until then).
+    let expiry = || -> f64 {
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix("secrets_webhook_cert_expiry_timestamp_seconds "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while expiry() <= 0.0 {
+        assert!(Instant::now() < deadline, "no cert expiry exported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let new = localhost_bundle();
     certs::write_dir(server.cert_dir.path(), &new).unwrap();

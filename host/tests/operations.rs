@@ -121,6 +121,19 @@ impl Process {
         self.get("/readyz").await.0
     }
 
+    /// Polls `/metrics` until it has `line`, for up to 30 s.
+    async fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, text) = self.get("/metrics").await;
+            if text.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no `{line}` in\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET path` on the plain-HTTP metrics port: the status and the body.
     async fn get(&self, path: &str) -> (u16, String) {
         let mut tcp = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
@@ -188,7 +201,9 @@ async fn sigterm_drains_requests_in_flight_then_exits_zero() {
     assert_eq!(process.readyz().await, 200);
     let body = labelled_review();
     let in_flight = tokio::spawn(post_to(process.addr, process.ca_pem.clone(), body));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    process
+        .wait_for_metric("secrets_webhook_reviews_in_flight 1")
+        .await;
     process.terminate();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(process.readyz().await, 503, "/readyz fails while draining");
@@ -288,7 +303,12 @@ async fn logs_name_reviews_but_never_secret_values() {
 async fn metrics_count_reviews_and_injections_and_name_the_policy() {
     let globals = fixtures().join("global-secrets");
     let process = Process::start(
-        &["--global-secrets-dir", globals.to_str().unwrap()],
+        &[
+            "--global-secrets-dir",
+            globals.to_str().unwrap(),
+            "--max-body-bytes",
+            "65536",
+        ],
         &[("RUST_LOG", "info")],
     );
     let review = |fixture: &str| -> Vec<u8> {
@@ -307,6 +327,9 @@ async fn metrics_count_reviews_and_injections_and_name_the_policy() {
     assert!(common::patch_of(&again).is_none());
     process.post(review("08-k8s-group-capitals-denied")).await;
     process.post(b"{not json".to_vec()).await;
+    let mut oversized = review("01-k8s-env-var");
+    oversized.resize(70_000, b' ');
+    assert_eq!(process.post(oversized).await.0, 413);
 
     let (status, text) = process.get("/metrics").await;
     assert_eq!(status, 200);
@@ -320,8 +343,9 @@ async fn metrics_count_reviews_and_injections_and_name_the_policy() {
         "secrets_webhook_reviews_total{outcome=\"patched\"} 1".to_owned(),
         "secrets_webhook_reviews_total{outcome=\"unchanged\"} 1".to_owned(),
         "secrets_webhook_reviews_total{outcome=\"denied\"} 1".to_owned(),
-        "secrets_webhook_reviews_total{outcome=\"invalid\"} 1".to_owned(),
-        "secrets_webhook_review_duration_seconds_count 4".to_owned(),
+        "secrets_webhook_reviews_total{outcome=\"invalid\"} 2".to_owned(),
+        "secrets_webhook_review_duration_seconds_count 5".to_owned(),
+        "secrets_webhook_reviews_in_flight 0".to_owned(),
         "secrets_webhook_injections_total{manager=\"global\"} 1".to_owned(),
         "secrets_webhook_injections_total{manager=\"k8s\"} 2".to_owned(),
         "secrets_webhook_injections_total{manager=\"vault\"} 0".to_owned(),
@@ -375,6 +399,13 @@ async fn metrics_count_reviews_and_injections_and_name_the_policy() {
         about("review refused").len(),
         2,
         "the denial and the bad body"
+    );
+    let refused = about("request refused");
+    assert_eq!(refused.len(), 1, "the oversized body: {logs:#?}");
+    assert_eq!(refused[0]["status"], 413);
+    assert_eq!(
+        refused[0]["reason"],
+        "request body exceeds the limit of 65536 bytes"
     );
     assert!(about("review answered").is_empty());
 }
