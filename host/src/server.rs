@@ -69,7 +69,8 @@ impl Default for Limits {
 
 struct Shared {
     app: App,
-    reviews: Semaphore,
+    /// Evaluation slots; a permit lives as long as its evaluation, even if the client leaves.
+    reviews: Arc<Semaphore>,
 }
 
 /// A running server.
@@ -98,7 +99,7 @@ pub async fn spawn(listen: SocketAddr, tls: Arc<ServerConfig>, app: App) -> Resu
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
-        reviews: Semaphore::new(app.limits.max_concurrent_reviews.max(1)),
+        reviews: Arc::new(Semaphore::new(app.limits.max_concurrent_reviews.max(1))),
         app,
     });
     let (stop, stopped) = watch::channel(false);
@@ -229,14 +230,17 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
         Ok(body) => body,
         Err(refusal) => return refused(shared, refusal, parts.version, started),
     };
-    let Ok(_slot) = shared.reviews.acquire().await else {
+    let Ok(slot) = shared.reviews.clone().acquire_owned().await else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n".to_owned(),
         );
     };
     let worker = shared.clone();
+    // The slot moves into the evaluation: a client that gives up drops this future, not the
+    // guest call, which runs on to its deadline and must stay counted against the limit.
     let reply = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         admission::review(&body, worker.app.mutator.as_ref(), worker.app.on_error)
     })
     .await;

@@ -177,6 +177,14 @@ async fn post_to(addr: std::net::SocketAddr, ca_pem: String, body: Vec<u8>) -> (
     }
 }
 
+/// A failed test must not leave its server running.
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn policy_file(name: &str) -> PathBuf {
     Path::new(env!("SECRETS_WEBHOOK_POLICY_DIR")).join(name)
 }

@@ -76,6 +76,70 @@ async fn hostile_policies_are_answered_within_the_deadline() {
     }
 }
 
+/// Waits until `/metrics` says `in_flight` reviews are being handled.
+async fn wait_in_flight(server: &TestServer, in_flight: u32) {
+    let line = format!("secrets_webhook_reviews_in_flight {in_flight}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.metrics.encode().lines().any(|l| l == line) {
+        assert!(Instant::now() < deadline, "never {line}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_does_not_free_its_evaluation_slot() {
+    // One slot, and a policy that loops to its 1.5 s deadline on every pod.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Options {
+        config: Some(config_file(&dir, "webhook:\n  hostile: loop\n")),
+        wasm: test_policy("hostile.wasm"),
+        limits: secrets_webhook::server::Limits {
+            max_concurrent_reviews: 1,
+            ..Default::default()
+        },
+        policy_limits: Limits {
+            deadline: Duration::from_millis(1500),
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut quitter = server.client_h2().await;
+    let first = tokio::spawn(async move { quitter.post("/mutate", labelled_review()).await });
+    wait_in_flight(&server, 1).await;
+    let sent_first = Instant::now();
+    first.abort();
+    // The stream is reset and its request handler dropped...
+    wait_in_flight(&server, 0).await;
+    // ...but its guest call runs on, so the next review waits for it, then runs its own.
+    let started = Instant::now();
+    let (status, response) = server
+        .client()
+        .await
+        .post("/mutate", labelled_review())
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        message(&response).contains("exceeded its 1.5s deadline"),
+        "{response}"
+    );
+    // Both calls take the full 1.5 s; less the time between seeing the first and sending this one.
+    let gap = started - sent_first;
+    let lower_bound = Duration::from_millis(3000).saturating_sub(gap);
+    assert!(
+        waited >= lower_bound.saturating_sub(Duration::from_millis(250)),
+        "the second review ran beside the abandoned one: answered in {waited:?}"
+    );
+    server.stop().await;
+}
+
+fn message(response: &Value) -> &str {
+    response["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_allow_admits_when_the_policy_fails() {
     let (server, _dir) = hostile_server("loop", "  onError: allow\n").await;
