@@ -23,14 +23,17 @@ fn config_file(dir: &tempfile::TempDir, yaml: &str) -> PathBuf {
     path
 }
 
+/// A server whose policy misbehaves `how`. Only a loop needs the deadline: the others are given
+/// ample time, so on a loaded machine they still fail for their own reason, not the clock's.
 async fn hostile_server(how: &str, extra: &str) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(&dir, &format!("webhook:\n  hostile: {how}\n{extra}"));
+    let deadline = if how == "loop" { 300 } else { 30_000 };
     let server = TestServer::start(Options {
         config: Some(config),
         wasm: test_policy("hostile.wasm"),
         policy_limits: Limits {
-            deadline: Duration::from_millis(300),
+            deadline: Duration::from_millis(deadline),
             memory_bytes: 32 << 20,
             ..Limits::default()
         },
@@ -68,7 +71,9 @@ async fn hostile_policies_are_answered_within_the_deadline() {
                 "{how}: the message names the policy: {message}"
             );
         }
-        assert!(elapsed < Duration::from_secs(5), "{how} took {elapsed:?}");
+        if how == "loop" {
+            assert!(elapsed < Duration::from_secs(5), "{how} took {elapsed:?}");
+        }
         // The next request is served too: nothing leaked from the failed instance.
         let (status, _) = client.post("/mutate", labelled_review()).await;
         assert_eq!(status, 200, "{how}: the server keeps serving");
