@@ -77,7 +77,7 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "review_duration_seconds",
-            "Time from a complete request body to the response",
+            "Time from a request's headers to its response (reading the body, waiting for a slot, the policy)",
             duration.clone(),
         );
         let in_flight = Gauge::default();
