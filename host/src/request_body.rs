@@ -3,8 +3,9 @@
 //! Answering 413 while the client is still sending is not enough on HTTP/1: the server closes the
 //! connection with unread bytes in its socket, the kernel answers them with a reset, and the client
 //! fails its write ("broken pipe") before it reads our 413. So, as Go's net/http does, a refused
-//! body is read and dropped up to [`DISCARD_BYTES`] past the limit before answering; anything
-//! larger is answered at once and the connection closed.
+//! body is read and dropped as long as the whole of it stays within the limit plus
+//! [`DISCARD_BYTES`]; the connection then stays usable. A body declared larger than that is
+//! refused before any of it is read, and the connection closed.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, header};
@@ -12,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
 
-/// How much of a refused body is read and dropped so the client gets its 413 (Go uses the same).
+/// How far past the limit a refused body is still read, so its client gets the 413 (Go's figure).
 pub const DISCARD_BYTES: u64 = 256 * 1024;
 
 /// Why no body came back.
@@ -26,9 +27,7 @@ pub enum Refusal {
     TimedOut,
 }
 
-/// The whole body if it is at most `limit` bytes and all there by `deadline`. A declared
-/// `Content-Length` over the limit is refused before reading; a body that grows past it is refused
-/// when it does.
+/// The whole body if it is at most `limit` bytes and all there by `deadline`.
 pub async fn read(
     mut body: Incoming,
     headers: &HeaderMap,
@@ -36,17 +35,30 @@ pub async fn read(
     deadline: Instant,
 ) -> Result<Bytes, Refusal> {
     let declared = declared_length(headers);
-    if declared.is_none_or(|len| len <= limit as u64) {
-        let capacity = declared.unwrap_or(0) as usize;
-        match timeout_at(deadline, collect(&mut body, limit, capacity)).await {
-            Ok(Some(received)) => return received,
-            Ok(None) => {}
-            Err(_) => return Err(Refusal::TimedOut),
-        }
+    let ceiling = limit as u64 + DISCARD_BYTES;
+    if declared.is_some_and(|len| len > ceiling) {
+        return Err(Refusal::TooLarge {
+            limit,
+            unread: true,
+        });
     }
-    // Count from what the client meant to send, so a declared length decides up front.
-    let owed = declared.map_or(DISCARD_BYTES, |len| len.saturating_sub(limit as u64));
-    let drained = owed <= DISCARD_BYTES && discard(body, deadline).await;
+    let consumed = match declared {
+        // Refused already: read only to drop it.
+        Some(len) if len > limit as u64 => 0,
+        _ => {
+            let capacity = declared.unwrap_or(0) as usize;
+            match timeout_at(deadline, collect(&mut body, limit, capacity)).await {
+                Ok(Ok(Collected::Body(body))) => return Ok(body),
+                Ok(Ok(Collected::Over { consumed })) => consumed,
+                Ok(Err(err)) => return Err(Refusal::Unreadable(err)),
+                Err(_) => return Err(Refusal::TimedOut),
+            }
+        }
+    };
+    let drained = match consumed.checked_sub(ceiling) {
+        Some(_) => false,
+        None => discard(body, ceiling - consumed, deadline).await,
+    };
     Err(Refusal::TooLarge {
         limit,
         unread: !drained,
@@ -62,33 +74,38 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The body, or `None` once it passes `limit` bytes.
+enum Collected {
+    Body(Bytes),
+    /// Past the limit after `consumed` bytes; nothing kept.
+    Over {
+        consumed: u64,
+    },
+}
+
 async fn collect(
     body: &mut Incoming,
     limit: usize,
     capacity: usize,
-) -> Option<Result<Bytes, Refusal>> {
+) -> Result<Collected, hyper::Error> {
     let mut received = BytesMut::with_capacity(capacity);
     while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(err) => return Some(Err(Refusal::Unreadable(err))),
-        };
+        let frame = frame?;
         let Some(data) = frame.data_ref() else {
             continue;
         };
         if received.len() + data.len() > limit {
-            return None;
+            let consumed = (received.len() + data.len()) as u64;
+            return Ok(Collected::Over { consumed });
         }
         received.extend_from_slice(data);
     }
-    Some(Ok(received.freeze()))
+    Ok(Collected::Body(received.freeze()))
 }
 
-/// Reads and drops up to [`DISCARD_BYTES`]; true if the body ended within that, by `deadline`.
-async fn discard(mut body: Incoming, deadline: Instant) -> bool {
+/// Reads and drops the rest of the body; true if it ended within `budget` bytes, by `deadline`.
+async fn discard(mut body: Incoming, budget: u64, deadline: Instant) -> bool {
     let drain = async {
-        let mut left = DISCARD_BYTES;
+        let mut left = budget;
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { return false };
             let len = frame.data_ref().map_or(0, |d| d.len() as u64);
