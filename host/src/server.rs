@@ -224,7 +224,7 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
         body,
         &parts.headers,
         limits.max_body_bytes,
-        tokio::time::Instant::now() + limits.body_timeout,
+        tokio::time::Instant::from_std(started) + limits.body_timeout,
     );
     let body = match read.await {
         Ok(body) => body,

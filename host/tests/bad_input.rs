@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer, labelled_pod, labelled_review, review_with};
+use common::{Options, TestServer, labelled_pod, labelled_review, message, review_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -14,12 +14,6 @@ async fn assert_still_serving(server: &TestServer) {
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["response"]["allowed"], true);
     assert_eq!(response["response"]["patchType"], "JSONPatch");
-}
-
-fn message(response: &Value) -> &str {
-    response["response"]["status"]["message"]
-        .as_str()
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,18 +218,11 @@ async fn oversized_bodies_are_refused_at_the_limit() {
 
     // Further over: refused on its Content-Length before any of it is sent, connection closed.
     let mut stream = server.tls_stream(&[b"http/1.1"]).await;
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
-        64 * 1024 + discard + 1
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let length = 64 * 1024 + discard + 1;
+    let head = post_head(&format!("Content-Length: {length}"));
+    stream.write_all(&head).await.unwrap();
     let (head, body) = read_response(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{head}"
-    );
+    assert_head(&head, 413, true);
     assert!(String::from_utf8_lossy(&body).contains("exceeds the limit of 65536 bytes"));
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
@@ -248,24 +235,15 @@ async fn oversized_bodies_are_refused_at_the_limit() {
     // connection carries the next review.
     let mut stream = server.tls_stream(&[b"http/1.1"]).await;
     let chunk = vec![b' '; 70_000];
-    let mut request =
-        b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut request = post_head("Transfer-Encoding: chunked");
     request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
     request.extend_from_slice(&chunk);
     request.extend_from_slice(b"\r\n0\r\n\r\n");
     stream.write_all(&request).await.unwrap();
     let (head, _) = read_response(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
-    assert!(
-        !head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
-    );
+    assert_head(&head, 413, false);
     let review = labelled_review();
-    let mut request = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
-        review.len()
-    )
-    .into_bytes();
+    let mut request = post_head(&format!("Content-Length: {}", review.len()));
     request.extend_from_slice(&review);
     stream.write_all(&request).await.unwrap();
     let (head, body) = read_response(&mut stream).await;
@@ -275,6 +253,20 @@ async fn oversized_bodies_are_refused_at_the_limit() {
 
     assert_still_serving(&server).await;
     server.stop().await;
+}
+
+/// The head of a raw HTTP/1.1 `POST /mutate` whose body `framing` (one header) describes.
+fn post_head(framing: &str) -> Vec<u8> {
+    format!("POST /mutate HTTP/1.1\r\nHost: localhost\r\n{framing}\r\n\r\n").into_bytes()
+}
+
+/// A raw response head has `status`, and says `connection: close` exactly when `closes`.
+fn assert_head(head: &str, status: u16, closes: bool) {
+    assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+    let close = head
+        .to_ascii_lowercase()
+        .contains("\r\nconnection: close\r\n");
+    assert_eq!(close, closes, "{head}");
 }
 
 /// One HTTP/1.1 response with a Content-Length: its head (status line and headers) and body.
@@ -372,18 +364,11 @@ async fn slow_and_plaintext_clients_are_cut_off() {
 
     // Slow body: the headers promise 100 bytes, 10 come, then nothing.
     let mut slow = server.tls_stream(&[b"http/1.1"]).await;
-    slow.write_all(
-        b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"apiVersi",
-    )
-    .await
-    .unwrap();
+    let mut request = post_head("Content-Length: 100");
+    request.extend_from_slice(b"{\"apiVersi");
+    slow.write_all(&request).await.unwrap();
     let (head, body) = read_response(&mut slow).await;
-    assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{head}"
-    );
+    assert_head(&head, 408, true);
     assert_eq!(
         String::from_utf8_lossy(&body),
         "request body not received within 500ms\n"

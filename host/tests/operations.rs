@@ -185,6 +185,14 @@ impl Drop for Process {
     }
 }
 
+/// The `fields` of each JSON log line.
+fn log_fields(logs: &[String]) -> Vec<Value> {
+    logs.iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|entry| entry["fields"].clone())
+        .collect()
+}
+
 fn policy_file(name: &str) -> PathBuf {
     Path::new(env!("SECRETS_WEBHOOK_POLICY_DIR")).join(name)
 }
@@ -288,11 +296,7 @@ async fn logs_name_reviews_but_never_secret_values() {
     for uid in &uids {
         assert!(all.contains(uid.as_str()), "the log names review {uid}");
     }
-    let fields: Vec<Value> = logs
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .map(|entry| entry["fields"].clone())
-        .collect();
+    let fields = log_fields(&logs);
     assert!(
         fields
             .iter()
@@ -383,16 +387,9 @@ async fn metrics_count_reviews_and_injections_and_name_the_policy() {
         .await
         .unwrap();
     // At the default level: one line per injection and per refusal, none for the rest.
-    let entries: Vec<Value> = logs
-        .iter()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect();
+    let fields = log_fields(&logs);
     let about = |message: &str| -> Vec<&Value> {
-        entries
-            .iter()
-            .filter(|e| e["fields"]["message"] == message)
-            .map(|e| &e["fields"])
-            .collect()
+        fields.iter().filter(|f| f["message"] == message).collect()
     };
     let injected = about("secrets injected");
     assert_eq!(injected.len(), 1, "{logs:#?}");

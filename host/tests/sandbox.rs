@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer, labelled_review, patch_of};
+use common::{Options, TestServer, labelled_review, message, patch_of, wait_until};
 use secrets_webhook::config::Overrides;
 use secrets_webhook::metrics::Metrics;
 use secrets_webhook::policy::{self, Limits, Runtime};
@@ -84,11 +84,7 @@ async fn hostile_policies_are_answered_within_the_deadline() {
 /// Waits until `/metrics` says `in_flight` reviews are being handled.
 async fn wait_in_flight(server: &TestServer, in_flight: u32) {
     let line = format!("secrets_webhook_reviews_in_flight {in_flight}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.metrics.encode().lines().any(|l| l == line) {
-        assert!(Instant::now() < deadline, "never {line}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(&line, || server.metrics.encode().lines().any(|l| l == line)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,12 +133,6 @@ async fn a_client_that_gives_up_does_not_free_its_evaluation_slot() {
         "the second review ran beside the abandoned one: answered in {waited:?}"
     );
     server.stop().await;
-}
-
-fn message(response: &Value) -> &str {
-    response["response"]["status"]["message"]
-        .as_str()
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,6 +215,22 @@ impl Client {
     }
 }
 
+/// The AdmissionResponse's status message; empty when there is none.
+pub fn message(response: &serde_json::Value) -> &str {
+    response["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Polls `ready` every 10 ms until it holds; fails after 10 s, naming `what` was awaited.
+pub async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "never {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Decodes the base64 JSON Patch of an AdmissionResponse.
 pub fn patch_of(response: &serde_json::Value) -> Option<json_patch::Patch> {
     use base64::Engine as _;
