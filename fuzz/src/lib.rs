@@ -10,7 +10,7 @@ use base64::Engine as _;
 use secrets_policy::annotations::{ANNOTATION_PREFIX, base32_encode, decode_value, encode_value};
 use secrets_policy::{Decision, Outcome, Secret, Settings, decide, mutate_json, prototext};
 use secrets_webhook::admission::{Mutator, OnError, Verdict, review};
-use secrets_webhook::policy::{self, PolicyFailure, Review};
+use secrets_webhook::policy::{self, Review};
 use serde_json::Value;
 
 /// The annotation decoder, base32 → UTF-8 → protobuf text → `Secret`, on arbitrary bytes. Besides
@@ -88,7 +88,7 @@ pub fn admission_review(data: &[u8]) {
         OnError::Allow
     };
     let mutator = NativeMutator { settings };
-    let reply = review(data, &mutator, on_error);
+    let reply = policy::block_on(review(data, &mutator, on_error));
 
     let body: Value = serde_json::from_slice(&reply.body).expect("the reply is JSON");
     assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
@@ -229,7 +229,8 @@ pub fn check_decision(settings: &Settings, label: &str, pod: &Value, pod_json: &
             );
             // The patch is recorded while editing; the diff is there for policies built on
             // `decide`. Both must hold.
-            check_patch(settings, label, pod, &patched.patch, mutated);
+            let ours = serde_json::from_str(&patched.patch).expect("the patch is a JSON Patch");
+            check_patch(settings, label, pod, &ours, mutated);
             let diff = secrets_policy::mutation::diff(pod, mutated);
             check_patch(settings, label, pod, &diff, mutated);
         }
@@ -272,12 +273,8 @@ pub struct NativeMutator {
 }
 
 impl Mutator for NativeMutator {
-    fn mutate(&self, review: &Review) -> Result<policy::Outcome, PolicyFailure> {
-        policy::outcome_of(mutate_json(&self.settings, &review.object, &globals)).map_err(|err| {
-            PolicyFailure::Error {
-                digest: "native".to_owned(),
-                reason: err.to_string(),
-            }
-        })
+    fn mutate<'a>(&'a self, review: &'a Review) -> secrets_webhook::admission::Mutation<'a> {
+        let outcome = policy::outcome_of(mutate_json(&self.settings, &review.object, &globals));
+        Box::pin(std::future::ready(Ok(outcome)))
     }
 }

@@ -44,11 +44,11 @@ fn policies(c: &mut Criterion) {
         for (name, mutator) in &implementations {
             // Same answer from both, or the comparison means nothing.
             assert!(matches!(
-                mutator.mutate(&review).unwrap(),
+                policy::block_on(mutator.mutate(&review)).unwrap(),
                 policy::Outcome::Patched(_)
             ));
             group.bench_with_input(BenchmarkId::new(*name, pod), &review, |b, review| {
-                b.iter(|| mutator.mutate(review).unwrap())
+                b.iter(|| policy::block_on(mutator.mutate(review)).unwrap())
             });
         }
     }

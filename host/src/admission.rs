@@ -27,8 +27,12 @@ pub enum OnError {
 
 /// Anything that answers reviews: the wasm policy, or the library called natively.
 pub trait Mutator: Send + Sync {
-    fn mutate(&self, review: &Review) -> Result<Outcome, PolicyFailure>;
+    fn mutate<'a>(&'a self, review: &'a Review) -> Mutation<'a>;
 }
+
+/// A review being answered; dropping it ends the policy call.
+pub type Mutation<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Outcome, PolicyFailure>> + Send + 'a>>;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -141,7 +145,7 @@ pub struct PodRef {
 }
 
 /// Answers one AdmissionReview.
-pub fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Reply {
+pub async fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Reply {
     let parsed: ReviewIn<'_> = match serde_json::from_slice(body) {
         Ok(parsed) => parsed,
         Err(err) => return invalid(String::new(), format!("malformed AdmissionReview: {err}")),
@@ -171,7 +175,7 @@ pub fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Reply {
         dry_run: request.dry_run,
         object: object.get().to_owned(),
     };
-    let mut reply = match mutator.mutate(&review) {
+    let mut reply = match mutator.mutate(&review).await {
         Ok(outcome) => outcome_response(uid, outcome, on_error),
         Err(failure) => refusal(uid, Verdict::Failed, 500, failure.to_string(), on_error),
     };
@@ -233,42 +237,39 @@ fn outcome_response(uid: String, outcome: Outcome, on_error: OnError) -> Reply {
                 ..allowed()
             },
         ),
-        Outcome::Patched(patched) => {
-            // The policy is not trusted to write a JSON Patch: check that it is one.
-            match serde_json::from_str::<json_patch::Patch>(&patched.patch) {
-                Ok(patch) if patch.0.is_empty() => answer(
+        Outcome::Patched(patched) => match crate::patch::check(&patched.patch) {
+            Ok(0) => answer(
+                uid,
+                Verdict::Unchanged,
+                ResponseOut {
+                    warnings: patched.warnings,
+                    ..allowed()
+                },
+            ),
+            Ok(_) => {
+                let mut reply = answer(
                     uid,
-                    Verdict::Unchanged,
+                    Verdict::Patched,
                     ResponseOut {
+                        patch: Some(
+                            base64::engine::general_purpose::STANDARD.encode(&patched.patch),
+                        ),
+                        patch_type: Some("JSONPatch"),
                         warnings: patched.warnings,
                         ..allowed()
                     },
-                ),
-                Ok(_) => {
-                    let mut reply = answer(
-                        uid,
-                        Verdict::Patched,
-                        ResponseOut {
-                            patch: Some(
-                                base64::engine::general_purpose::STANDARD.encode(&patched.patch),
-                            ),
-                            patch_type: Some("JSONPatch"),
-                            warnings: patched.warnings,
-                            ..allowed()
-                        },
-                    );
-                    reply.injections = patched.injections;
-                    reply
-                }
-                Err(err) => refusal(
-                    uid,
-                    Verdict::Failed,
-                    500,
-                    format!("policy returned an invalid JSON Patch: {err}"),
-                    on_error,
-                ),
+                );
+                reply.injections = patched.injections;
+                reply
             }
-        }
+            Err(err) => refusal(
+                uid,
+                Verdict::Failed,
+                500,
+                format!("policy returned an invalid JSON Patch: {err}"),
+                on_error,
+            ),
+        },
         Outcome::Denied(denied) => {
             refusal(uid, Verdict::Denied, denied.code, denied.message, on_error)
         }

@@ -724,11 +724,11 @@ fn mutate(args: MutateArgs) -> Result<ExitCode> {
         .cloned()
         .unwrap_or(Value::Null);
     let active = activate(&args.policy, &config, &runtime(&args.policy)?)?;
-    let reply = admission::review(
+    let reply = policy::block_on(admission::review(
         &serde_json::to_vec(&review)?,
         active.as_ref(),
         config.on_error,
-    );
+    ));
     let response: Value = serde_json::from_slice(&reply.body)?;
     let refused = matches!(
         reply.verdict,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod global_secrets;
 pub mod health;
 pub mod metrics;
+pub mod patch;
 pub mod policy;
 pub mod registration;
 pub mod reload;

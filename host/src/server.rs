@@ -69,7 +69,7 @@ impl Default for Limits {
 
 struct Shared {
     app: App,
-    /// Evaluation slots; a permit lives as long as its evaluation, even if the client leaves.
+    /// Evaluation slots; a permit lives as long as its evaluation.
     reviews: Arc<Semaphore>,
 }
 
@@ -236,24 +236,10 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
             "shutting down\n".to_owned(),
         );
     };
-    let worker = shared.clone();
-    // The slot moves into the evaluation: a client that gives up drops this future, not the
-    // guest call, which runs on to its deadline and must stay counted against the limit.
-    let reply = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        admission::review(&body, worker.app.mutator.as_ref(), worker.app.on_error)
-    })
-    .await;
-    let reply = match reply {
-        Ok(reply) => reply,
-        Err(err) => {
-            tracing::error!(error = %err, "review worker failed");
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error\n".to_owned(),
-            );
-        }
-    };
+    // On this task: a review is cheaper than a hand-off to another thread. A client that gives
+    // up drops this future, which ends the guest call and only then frees its slot.
+    let reply = admission::review(&body, shared.app.mutator.as_ref(), shared.app.on_error).await;
+    drop(slot);
     log_reply(&reply, started);
     let metrics = &shared.app.metrics;
     metrics.review(reply.verdict, started.elapsed().as_secs_f64());

@@ -115,10 +115,21 @@ async fn pods_that_are_not_pods_are_denied_not_crashed_on() {
     let text = serde_json::to_string(&review_with(pod_with_bomb))
         .unwrap()
         .replace("\"placeholder\"", &deep);
+    // A field the policy does not read is skipped without recursion: the pod is served.
+    let (status, response) = client.post("/mutate", text.into_bytes()).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["response"]["allowed"], true, "{response}");
+    assert_eq!(response["response"]["patchType"], "JSONPatch", "{response}");
+    // In a field it reads, the pod is refused for its shape.
+    let mut pod_with_bomb = labelled_pod();
+    pod_with_bomb["spec"]["containers"][0]["env"] = json!("placeholder");
+    let text = serde_json::to_string(&review_with(pod_with_bomb))
+        .unwrap()
+        .replace("\"placeholder\"", &deep);
     let (status, response) = client.post("/mutate", text.into_bytes()).await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["response"]["allowed"], false);
-    assert!(message(&response).contains("recursion limit"), "{response}");
+    assert!(message(&response).contains("malformed pod"), "{response}");
 
     let bomb_outside_object = format!(
         r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","userInfo":{deep}}}}}"#

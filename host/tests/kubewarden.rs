@@ -3,6 +3,11 @@
 //! wasmtime-provider defines them and WASI preview 1, initialised and called as that provider
 //! does. Its answers are turned into AdmissionResponses the way policy-evaluator does (a JSON
 //! Patch diffed from `mutated_object`) and must equal the embedded component's, fixture by fixture.
+//! With `KWCTL` set, Kubewarden's own `kwctl run` answers every fixture too.
+
+mod common;
+
+use common::{fixtures, workspace};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,19 +17,8 @@ use base64::Engine as _;
 use secrets_webhook::admission::{self, Mutator, OnError};
 use secrets_webhook::config::{Config, Overrides};
 use secrets_webhook::global_secrets::GlobalSecrets;
-use secrets_webhook::policy::{self, Limits, Outcome, Policy, PolicyFailure, Review, Runtime};
+use secrets_webhook::policy::{self, Limits, Policy, Review, Runtime};
 use serde_json::{Value, json};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn fixtures() -> PathBuf {
-    workspace().join("fixtures")
-}
 
 /// The module as host/build.rs built it, compiled once for all tests.
 fn module() -> &'static (wasmtime::Engine, wasmtime::Module) {
@@ -581,9 +575,11 @@ struct Component<'a> {
 }
 
 impl Mutator for Component<'_> {
-    fn mutate(&self, review: &Review) -> Result<Outcome, PolicyFailure> {
-        self.policy
-            .mutate(self.settings, review, self.globals.clone())
+    fn mutate<'a>(&'a self, review: &'a Review) -> admission::Mutation<'a> {
+        Box::pin(
+            self.policy
+                .mutate(self.settings, review, self.globals.clone()),
+        )
     }
 }
 
@@ -633,11 +629,11 @@ fn patched(object: &Value, patch: &json_patch::Patch) -> Value {
 /// The webhook's answer: the embedded component behind the server's admission logic. `onError`
 /// is always `deny`: Kubewarden has no such switch, a refusal is a refusal.
 fn component_answer(component: &Component<'_>, review: &Value) -> Answer {
-    let reply = admission::review(
+    let reply = policy::block_on(admission::review(
         &serde_json::to_vec(review).unwrap(),
         component,
         OnError::Deny,
-    );
+    ));
     assert_eq!(reply.http_status, 200);
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
     let response = &body["response"];
@@ -794,6 +790,93 @@ fn every_fixture_gets_the_components_answer() {
         mutated >= 20 && refused >= 10 && admitted >= 5,
         "{mutated} mutated, {refused} refused, {admitted} admitted"
     );
+}
+
+/// Kubewarden's own evaluator: `kwctl run` on every fixture, two at a time, must give the
+/// component's answer.
+#[test]
+fn kwctl_gives_every_fixture_the_components_answer() {
+    let Some(kwctl) =
+        common::tools::find("KWCTL", "kwctl_gives_every_fixture_the_components_answer")
+    else {
+        return;
+    };
+    let module = PathBuf::from(env!("SECRETS_WEBHOOK_POLICY_DIR")).join("kubewarden.wasm");
+    let policy = embedded_policy();
+    let globals_json = fixture_globals();
+    let fixtures = load_fixtures();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while let Some(fixture) =
+                    fixtures.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    let globals =
+                        GlobalSecrets::load_from(&fixture.config.global_secrets, []).unwrap();
+                    let component = Component {
+                        policy: &policy,
+                        settings: &fixture.config.settings,
+                        globals: Arc::new(globals),
+                    };
+                    let expected = component_answer(&component, &fixture.review);
+                    let settings = kubewarden_settings(&fixture.config, Some(&globals_json));
+                    let answer = kwctl_answer(&kwctl, &module, fixture, &settings);
+                    if let Some(differences) = answer.differences(&expected) {
+                        let failure = format!("{}: {differences}", fixture.name);
+                        failures.lock().unwrap().push(failure);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) differ under kwctl:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(fixtures.len() >= 70, "only {} fixtures", fixtures.len());
+}
+
+/// `kwctl run` on one fixture: its AdmissionResponse, read like the component's.
+fn kwctl_answer(kwctl: &Path, module: &Path, fixture: &Fixture, settings: &Value) -> Answer {
+    let dir = tempfile::tempdir().unwrap();
+    let request = dir.path().join("review.json");
+    std::fs::write(&request, fixture.review.to_string()).unwrap();
+    let output = std::process::Command::new(kwctl)
+        .arg("run")
+        .arg("--request-path")
+        .arg(&request)
+        .arg("--settings-json")
+        .arg(settings.to_string())
+        .arg(format!("file://{}", module.display()))
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}: kwctl failed: {}",
+        fixture.name,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let response: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("{}: kwctl printed no response ({err})", fixture.name));
+    let object = &fixture.review["request"]["object"];
+    Answer {
+        allowed: response["allowed"].as_bool().unwrap(),
+        code: response["status"]["code"].as_u64(),
+        message: response["status"]["message"].as_str().map(str::to_owned),
+        warnings: serde_json::from_value(response["warnings"].clone()).unwrap_or_default(),
+        pod: response["patch"].as_str().map(|patch| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(patch)
+                .unwrap();
+            patched(object, &serde_json::from_slice(&bytes).unwrap())
+        }),
+    }
 }
 
 #[test]

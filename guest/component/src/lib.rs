@@ -4,6 +4,11 @@
 
 use secrets_policy::{Outcome, Settings};
 
+mod allocator;
+
+#[global_allocator]
+static ALLOCATOR: allocator::Bump = allocator::Bump::new();
+
 wit_bindgen::generate!({
     path: "../../wit",
     world: "mutation",
@@ -34,7 +39,7 @@ impl Guest for Policy {
             match secrets_policy::mutate_json(&settings, &review.object, &HostGlobals) {
                 Outcome::Unchanged => types::Outcome::Unchanged(Vec::new()),
                 Outcome::Patched(patched) => types::Outcome::Patched(types::Patched {
-                    patch: serde_json::to_string(&patched.patch).map_err(|err| err.to_string())?,
+                    patch: patched.patch,
                     warnings: Vec::new(),
                     injections: patched
                         .injections

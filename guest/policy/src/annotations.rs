@@ -102,33 +102,24 @@ fn sort_key(annotation: &str) -> (u8, u64, &str) {
     }
 }
 
-/// Whether an object (a pod's `metadata.labels`) carries the opt-in label.
-pub fn has_opt_in_label(labels: Option<&Map<String, Value>>) -> bool {
-    labels
-        .and_then(|labels| labels.get(POD_LABEL))
-        .and_then(Value::as_str)
-        == Some(POD_LABEL_VALUE)
-}
-
-/// Reads every secret request among `annotations`, in annotation index order.
-pub fn decode_requests(annotations: &Map<String, Value>) -> Result<Vec<Request>, DecodeError> {
-    let mut keys: Vec<&String> = annotations
-        .keys()
-        .filter(|key| key.starts_with(ANNOTATION_PREFIX))
+/// Reads every secret request among a pod's annotations (key, value), in annotation index order.
+pub fn decode_requests<'a>(
+    annotations: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<Request>, DecodeError> {
+    let mut requests: Vec<(&str, &str)> = annotations
+        .into_iter()
+        .filter(|(key, _)| key.starts_with(ANNOTATION_PREFIX))
         .collect();
-    keys.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
-    keys.into_iter()
-        .map(|key| {
-            let error = |reason: String| DecodeError {
-                annotation: key.clone(),
+    requests.sort_by(|(a, _), (b, _)| sort_key(a).cmp(&sort_key(b)));
+    requests
+        .into_iter()
+        .map(|(key, value)| {
+            let secret = decode_value(value).map_err(|reason| DecodeError {
+                annotation: key.to_owned(),
                 reason,
-            };
-            let value = annotations[key]
-                .as_str()
-                .ok_or_else(|| error("annotation value is not a string".to_owned()))?;
-            let secret = decode_value(value).map_err(error)?;
+            })?;
             Ok(Request {
-                annotation: key.clone(),
+                annotation: key.to_owned(),
                 secret,
             })
         })
@@ -246,19 +237,19 @@ mod tests {
             mount_requirement: MountRequirement::EnvVar,
             ..Secret::default()
         };
-        let mut annotations = Map::new();
+        let mut annotations = Vec::new();
         for (index, key) in [(10, "ten"), (2, "two"), (0, "zero")] {
-            annotations.insert(
+            annotations.push((
                 format!("flyte.secrets/s{index}"),
-                json!(encode_value(&secret(key)).unwrap()),
-            );
+                encode_value(&secret(key)).unwrap(),
+            ));
         }
-        annotations.insert(
+        annotations.push((
             "flyte.secrets/sx".into(),
-            json!(encode_value(&secret("x")).unwrap()),
-        );
-        annotations.insert("other/annotation".into(), json!("ignored"));
-        let order: Vec<String> = decode_requests(&annotations)
+            encode_value(&secret("x")).unwrap(),
+        ));
+        annotations.push(("other/annotation".into(), "ignored".into()));
+        let order: Vec<String> = decode_requests(pairs(&annotations))
             .unwrap()
             .into_iter()
             .map(|request| request.secret.key)
@@ -268,14 +259,11 @@ mod tests {
 
     #[test]
     fn names_the_bad_annotation() {
-        let annotations = Map::from_iter([
-            (
-                "flyte.secrets/s0".to_owned(),
-                json!("nnsxsoraejwxsx2lmv3secq"),
-            ),
-            ("flyte.secrets/s1".to_owned(), json!("NOT-BASE32!")),
-        ]);
-        let err = decode_requests(&annotations).unwrap_err();
+        let annotations = [
+            ("flyte.secrets/s0", "nnsxsoraejwxsx2lmv3secq"),
+            ("flyte.secrets/s1", "NOT-BASE32!"),
+        ];
+        let err = decode_requests(annotations).unwrap_err();
         assert_eq!(err.annotation, "flyte.secrets/s1");
         assert!(
             err.to_string()
@@ -283,32 +271,22 @@ mod tests {
         );
 
         let not_proto = base32_encode(b"key \"x\"");
-        let annotations = Map::from_iter([("flyte.secrets/s0".to_owned(), json!(not_proto))]);
-        let err = decode_requests(&annotations).unwrap_err();
+        let err = decode_requests([("flyte.secrets/s0", not_proto.as_str())]).unwrap_err();
         assert!(
             err.reason
                 .contains("invalid secret descriptor: expected ':'"),
             "{err}"
         );
+    }
 
-        let annotations = Map::from_iter([("flyte.secrets/s0".to_owned(), json!(7))]);
-        assert!(decode_requests(&annotations).is_err());
+    fn pairs(owned: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+        owned.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     #[test]
     fn refuses_oversized_descriptors() {
         let huge = "a".repeat(MAX_ENCODED_LEN + 8);
         assert!(decode_value(&huge).unwrap_err().contains("cannot exceed"));
-    }
-
-    #[test]
-    fn opt_in_label() {
-        let labels = json!({"inject-flyte-secrets": "true"});
-        assert!(has_opt_in_label(labels.as_object()));
-        assert!(!has_opt_in_label(
-            json!({"inject-flyte-secrets": "false"}).as_object()
-        ));
-        assert!(!has_opt_in_label(None));
     }
 
     #[test]
@@ -330,12 +308,15 @@ mod tests {
         annotate_object(&mut pod, &secrets).unwrap();
         assert_eq!(pod["metadata"]["labels"][POD_LABEL], POD_LABEL_VALUE);
         assert_eq!(pod["metadata"]["annotations"]["keep"], "me");
-        let decoded: Vec<Secret> =
-            decode_requests(pod["metadata"]["annotations"].as_object().unwrap())
-                .unwrap()
-                .into_iter()
-                .map(|r| r.secret)
-                .collect();
+        let annotations = pod["metadata"]["annotations"].as_object().unwrap();
+        let annotations = annotations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap()));
+        let decoded: Vec<Secret> = decode_requests(annotations)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.secret)
+            .collect();
         assert_eq!(decoded, secrets);
 
         let mut cron = json!({"kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": {"spec": {}}}}}});

@@ -1,11 +1,11 @@
 //! One pod in, one decision out: decode the requests, inject each secret with the first manager
 //! that can, and express the result as a JSON Patch against the pod exactly as it arrived.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::annotations::{self, Request};
-use crate::inject::{self, Context, GlobalSecrets, InjectError};
-use crate::pod::{self, Add, MalformedPod, Pod};
+use crate::inject::{self, Context, GlobalSecrets, Refused};
+use crate::pod::{Pod, view};
 use crate::settings::{ManagerType, Settings};
 
 /// What should happen to a pod.
@@ -32,12 +32,6 @@ impl Denial {
     }
 }
 
-impl From<MalformedPod> for Denial {
-    fn from(err: MalformedPod) -> Self {
-        Self::bad_request(err.to_string())
-    }
-}
-
 /// The same decision as a JSON Patch, the form an AdmissionResponse carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -49,7 +43,8 @@ pub enum Outcome {
 /// A patch, with the secrets it injects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Patched {
-    pub patch: json_patch::Patch,
+    /// An RFC 6902 JSON Patch, as JSON text: only `add` operations.
+    pub patch: String,
     /// In annotation order; secrets the pod already had are not listed.
     pub injections: Vec<Injection>,
 }
@@ -62,39 +57,54 @@ pub struct Injection {
     pub manager: ManagerType,
 }
 
-/// Decides what to do with `pod` (a Pod object).
+/// Decides what to do with `pod` (a Pod object), returning the pod as it would be stored. For
+/// front doors that hold the pod as a tree already (Kubewarden); the webhook uses [`mutate_json`].
 pub fn decide(settings: &Settings, pod: &Value, globals: &dyn GlobalSecrets) -> Decision {
-    match edit(settings, pod.clone(), globals) {
+    let text = pod.to_string();
+    match edit(settings, &text, globals) {
         Ok(None) => Decision::Unchanged,
-        Ok(Some(Edited { pod: mutated, .. })) => Decision::Mutated(Value::Object(mutated)),
+        Ok(Some(edited)) => {
+            let mut mutated = pod.clone();
+            let applied = serde_json::from_str::<json_patch::Patch>(&edited.patch)
+                .map_err(|err| err.to_string())
+                .and_then(|patch| {
+                    json_patch::patch(&mut mutated, &patch).map_err(|err| err.to_string())
+                });
+            match applied {
+                Ok(()) => Decision::Mutated(mutated),
+                Err(err) => Decision::Denied(Denial {
+                    code: 500,
+                    message: format!("internal error: the patch does not apply: {err}"),
+                }),
+            }
+        }
         Err(denial) => Decision::Denied(denial),
     }
 }
 
-/// An edited pod, the patch from the original to it, and what it injects.
+/// The patch that injects a pod's secrets, and what it injects.
 struct Edited {
-    pod: Map<String, Value>,
-    ops: Vec<Add>,
+    /// JSON Patch text.
+    patch: String,
     injections: Vec<Injection>,
 }
 
-/// Injects every requested secret into `pod`, returning the edited pod and the patch that makes
-/// it, `None` when there is nothing to do, or why the pod is refused.
+/// Injects every requested secret into the pod in `pod_json`, returning the patch that does it,
+/// `None` when there is nothing to do, or why the pod is refused.
 fn edit(
     settings: &Settings,
-    pod: Value,
+    pod_json: &str,
     globals: &dyn GlobalSecrets,
 ) -> Result<Option<Edited>, Denial> {
-    let Value::Object(object) = pod else {
-        return Err(MalformedPod("the object is not a JSON object".to_owned()).into());
-    };
-    if !annotations::has_opt_in_label(pod::metadata_map(&object, "labels")) {
+    let view = view::parse(pod_json).map_err(Denial::bad_request)?;
+    if !view.opted_in() {
         return Ok(None);
     }
-    let Some(annotations) = pod::metadata_map(&object, "annotations") else {
+    let Some(annotations) = &view.annotations else {
         return Ok(None);
     };
-    let requests = match annotations::decode_requests(annotations) {
+    let pairs = annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let requests = match annotations::decode_requests(pairs) {
         Ok(requests) if requests.is_empty() => return Ok(None),
         Ok(requests) => requests,
         Err(err) => {
@@ -103,7 +113,7 @@ fn edit(
             )));
         }
     };
-    let mut pod = Pod::new(object);
+    let mut pod = Pod::new(view);
     let cx = Context { settings, globals };
     let mut injections = Vec::new();
     for request in &requests {
@@ -118,22 +128,23 @@ fn edit(
             });
         }
     }
-    let (pod, ops) = pod.into_parts();
-    Ok((!ops.is_empty()).then_some(Edited {
-        pod,
-        ops,
+    Ok((pod.edits() > 0).then(|| Edited {
+        patch: pod.into_patch(),
         injections,
     }))
 }
 
 /// Injects one request with the first manager that accepts it, or explains every refusal.
-fn inject_one(cx: &Context<'_>, pod: &mut Pod, request: &Request) -> Result<ManagerType, Denial> {
+fn inject_one(
+    cx: &Context<'_>,
+    pod: &mut Pod<'_>,
+    request: &Request,
+) -> Result<ManagerType, Denial> {
     let mut refusals = Vec::new();
     for manager in cx.settings.managers() {
         match inject::inject(manager, cx, pod, &request.secret) {
             Ok(()) => return Ok(manager),
-            Err(InjectError::Refused(reason)) => refusals.push(format!("{manager}: {reason}")),
-            Err(InjectError::Malformed(err)) => return Err(err.into()),
+            Err(Refused(reason)) => refusals.push(format!("{manager}: {reason}")),
         }
     }
     Err(Denial::bad_request(format!(
@@ -146,40 +157,11 @@ fn inject_one(cx: &Context<'_>, pod: &mut Pod, request: &Request) -> Result<Mana
 
 /// Decides what to do with the pod in `pod_json`, as a patch against that pod.
 pub fn mutate_json(settings: &Settings, pod_json: &str, globals: &dyn GlobalSecrets) -> Outcome {
-    let pod: Value = match serde_json::from_str(pod_json) {
-        Ok(pod) => pod,
-        Err(err) => {
-            return Outcome::Denied(Denial::bad_request(format!(
-                "the pod is not valid JSON: {err}"
-            )));
-        }
-    };
-    match edit(settings, pod, globals) {
+    match edit(settings, pod_json, globals) {
         Ok(None) => Outcome::Unchanged,
-        Ok(Some(Edited {
-            ops, injections, ..
-        })) => match patch_of(ops) {
-            Ok(patch) => Outcome::Patched(Patched { patch, injections }),
-            Err(denial) => Outcome::Denied(denial),
-        },
+        Ok(Some(Edited { patch, injections })) => Outcome::Patched(Patched { patch, injections }),
         Err(denial) => Outcome::Denied(denial),
     }
-}
-
-fn patch_of(ops: Vec<Add>) -> Result<json_patch::Patch, Denial> {
-    ops.into_iter()
-        .map(|Add { path, value }| {
-            let path = json_patch::jsonptr::PointerBuf::parse(path).map_err(|err| Denial {
-                code: 500,
-                message: format!("internal error: bad patch path: {err}"),
-            })?;
-            Ok(json_patch::PatchOperation::Add(json_patch::AddOperation {
-                path,
-                value,
-            }))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(json_patch::Patch)
 }
 
 /// The JSON Patch from `before` to `after`, for policies built on [`decide`] that change the pod

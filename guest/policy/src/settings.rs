@@ -92,10 +92,11 @@ pub struct ResourceList {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub requests: Option<ResourceList>,
+    // Alphabetical, as the patch has always printed them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<ResourceList>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceList>,
 }
 
 impl Resources {

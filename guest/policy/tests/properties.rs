@@ -665,11 +665,7 @@ fn decision_bytes(decision: &Decision) -> String {
 fn outcome_bytes(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Unchanged => "unchanged".to_owned(),
-        Outcome::Patched(patched) => format!(
-            "patched {} {:?}",
-            serde_json::to_string(&patched.patch).unwrap(),
-            patched.injections
-        ),
+        Outcome::Patched(patched) => format!("patched {} {:?}", patched.patch, patched.injections),
         Outcome::Denied(denial) => format!("denied {} {}", denial.code, denial.message),
     }
 }
@@ -782,7 +778,9 @@ proptest! {
                     prop_assert!(managers.contains(&injection.manager), "{:?} is not configured (settings #{})", injection, index);
                 }
                 let diff = secrets_policy::mutation::diff(&pod, mutated);
-                for (which, patch) in [("mutate_json's", &patched.patch), ("diff's", &diff)] {
+                let ours: json_patch::Patch = serde_json::from_str(&patched.patch)
+                    .map_err(|err| TestCaseError::fail(format!("not a JSON Patch: {err}")))?;
+                for (which, patch) in [("mutate_json's", &ours), ("diff's", &diff)] {
                     for op in &patch.0 {
                         prop_assert!(
                             matches!(op, json_patch::PatchOperation::Add(_)),

@@ -1,6 +1,7 @@
 //! A policy that misbehaves on purpose, chosen by its settings `{"hostile": "<how>"}`, so the host's
 //! tests can check that the sandbox holds: `loop`, `memory`, `trap`, `huge`, `many-injections`,
-//! `bad-patch`, or nothing (a well-behaved policy that changes nothing).
+//! `bad-patch`, `remember` (tries to carry state from one review to the next), or nothing (a
+//! well-behaved policy that changes nothing).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({
@@ -9,7 +10,7 @@ wit_bindgen::generate!({
 });
 
 use exports::secrets_webhook::policy::policy::Guest;
-use secrets_webhook::policy::types::{Injection, Outcome, Patched, Review};
+use secrets_webhook::policy::types::{self, Injection, Outcome, Patched, Review};
 
 struct Hostile;
 
@@ -21,6 +22,8 @@ fn behaviour(settings: &str) -> &str {
         "huge",
         "many-injections",
         "bad-patch",
+        "remember-and-look",
+        "remember",
     ]
     .into_iter()
     .find(|how| settings.contains(&format!("\"hostile\":\"{how}\"")))
@@ -71,6 +74,8 @@ impl Guest for Hostile {
                     injections,
                 }))
             }
+            "remember" => Ok(remember(&review.namespace, false)),
+            "remember-and-look" => Ok(remember(&review.namespace, true)),
             "bad-patch" => Ok(Outcome::Patched(Patched {
                 patch: "{\"not\": \"a patch\"}".to_owned(),
                 warnings: Vec::new(),
@@ -79,6 +84,55 @@ impl Guest for Hostile {
             _ => Ok(Outcome::Unchanged(Vec::new())),
         }
     }
+}
+
+/// Where `remember` leaves its marker in static memory; the heap gets a copy too.
+static mut MARK: [u8; 256] = [0; 256];
+
+/// Looks for the marker an earlier review left (the review's namespace reversed) anywhere in linear
+/// memory, then leaves it in a static and on the heap for the next review to find. Denies, naming
+/// where, if it found one. The marker is never built before the search (the search reads the
+/// namespace backwards), so the search cannot find its own needle; `look_after_leaving` searches
+/// after leaving it, to show that the search finds what is there.
+fn remember(namespace: &str, look_after_leaving: bool) -> Outcome {
+    let needle = namespace.as_bytes();
+    let found = if look_after_leaving {
+        None
+    } else {
+        search(needle)
+    };
+    let marker: Vec<u8> = needle.iter().rev().copied().collect();
+    let length = marker.len().min(256);
+    // SAFETY: one call at a time in this instance, and nothing else touches MARK.
+    unsafe {
+        (&raw mut MARK)
+            .cast::<u8>()
+            .copy_from(marker.as_ptr(), length)
+    };
+    let kept = std::hint::black_box(Box::leak(marker.into_boxed_slice()));
+    let found = found.or_else(|| look_after_leaving.then(|| search(needle)).flatten());
+    std::hint::black_box(kept);
+    match found {
+        Some(address) => Outcome::Denied(types::Denied {
+            code: 409,
+            message: format!("found an earlier review's marker at address {address:#x}"),
+        }),
+        None => Outcome::Unchanged(Vec::new()),
+    }
+}
+
+/// The first address where linear memory holds `needle` reversed.
+fn search(needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    let size = core::arch::wasm32::memory_size(0) * 65536;
+    let byte = |address: usize| {
+        // SAFETY: every address below memory.size is readable linear memory in wasm.
+        unsafe { core::ptr::read_volatile(address as *const u8) }
+    };
+    (0..size.saturating_sub(needle.len()))
+        .find(|&start| (0..needle.len()).all(|i| byte(start + i) == needle[needle.len() - 1 - i]))
 }
 
 export!(Hostile);

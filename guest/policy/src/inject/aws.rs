@@ -2,11 +2,12 @@
 //! `SECRET_ARN` to `/tmp/<SECRET_FILENAME>`; the volume at `/tmp` is `/etc/flyte/secrets` elsewhere.
 
 use super::puller::Puller;
-use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, env_value, refuse, require};
+use super::{Context, MOUNT_ROOT, Refused, check_custom_env_var, refuse, require};
 use crate::pod::Pod;
+use crate::pod::objects::EnvVar;
 use crate::secret::{MountRequirement, Secret};
 
-pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<(), Refused> {
     require(secret, true, true, "AWS")?;
     if secret.mount_requirement == MountRequirement::EnvVar {
         return refuse("unrecognized mount requirement [ENV_VAR] for AWS Secrets Manager");
@@ -29,8 +30,8 @@ pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), In
         mount_path: "/tmp",
         settings: &cx.settings.aws_secret_manager,
         env: vec![
-            env_value("SECRET_ARN", &arn),
-            env_value("SECRET_FILENAME", &file),
+            EnvVar::plain("SECRET_ARN", arn),
+            EnvVar::plain("SECRET_FILENAME", file.clone()),
         ],
         command: None,
         path: format!("{MOUNT_ROOT}{file}"),

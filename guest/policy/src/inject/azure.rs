@@ -2,7 +2,7 @@
 //! secret `<group>` (its full URI) to `/etc/flyte/secrets/<name>[/<version>]` (lower-cased).
 
 use super::puller::Puller;
-use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, refuse, require};
+use super::{Context, MOUNT_ROOT, Refused, check_custom_env_var, refuse, require};
 use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
 
@@ -20,7 +20,7 @@ fn secret_name(uri: &str) -> Option<&str> {
     (host_ok && name_ok).then_some(name)
 }
 
-pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<(), Refused> {
     require(secret, true, false, "Azure")?;
     if secret.mount_requirement == MountRequirement::EnvVar {
         return refuse("unrecognized mount requirement [ENV_VAR] for Azure Key Vault");

@@ -2,7 +2,7 @@
 //! `/etc/flyte/secrets/<group>/<group_version>` (lower-cased).
 
 use super::puller::Puller;
-use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, refuse};
+use super::{Context, MOUNT_ROOT, Refused, check_custom_env_var, refuse};
 use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
 
@@ -15,7 +15,7 @@ fn shell_safe(text: &str, extra: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || extra.contains(&b))
 }
 
-pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<(), Refused> {
     if secret.group.is_empty() || secret.group_version.is_empty() {
         return refuse("GCP requires both group and group_version");
     }

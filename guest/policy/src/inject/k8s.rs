@@ -1,20 +1,19 @@
 //! K8s: Kubernetes Secrets in the pod's namespace, as `secretKeyRef` env vars or a secret volume.
 //! The Secret is named after the group; `optional: true` so a missing Secret never blocks a pod.
 
-use serde_json::{Value, json};
-
 use super::{
-    Context, ENV_ENV_PREFIX, InjectError, MOUNT_ROOT, check_custom_env_var, env_value, file_env,
-    refuse, require, secret_env_name,
+    Context, ENV_ENV_PREFIX, MOUNT_ROOT, Refused, check_custom_env_var, file_env, refuse, require,
+    secret_env_name,
 };
 use crate::annotations::base32_encode;
 use crate::names::{
     check_dns1123_label, check_dns1123_subdomain, check_env_var_name, check_secret_key, stable_id,
 };
 use crate::pod::Pod;
+use crate::pod::objects::{EnvVar, KeyToPath, SecretVolume, Volume, VolumeMount};
 use crate::secret::{MountRequirement, Secret};
 
-pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<(), Refused> {
     require(secret, true, true, "K8s")?;
     check_dns1123_subdomain(&secret.group).or_else(refuse)?;
     check_secret_key(&secret.key).or_else(refuse)?;
@@ -25,19 +24,18 @@ pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), In
     }
 }
 
-fn inject_env(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
-    let prefix = &cx.settings.secret_env_var_prefix;
+fn inject_env(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<(), Refused> {
+    let prefix = cx.settings.secret_env_var_prefix.as_str();
     let name = secret_env_name(prefix, secret);
     check_env_var_name(&name).or_else(refuse)?;
-    let reference =
-        json!({"secretKeyRef": {"name": secret.group, "key": secret.key, "optional": true}});
-    let mut vars = vec![json!({"name": name, "valueFrom": reference})];
+    let mut vars = vec![EnvVar::secret_key(name, &secret.group, &secret.key)];
     if !secret.env_var.is_empty() {
-        vars.push(json!({"name": secret.env_var, "valueFrom": reference}));
+        let custom = secret.env_var.as_str();
+        vars.push(EnvVar::secret_key(custom, &secret.group, &secret.key));
     }
-    vars.push(env_value(ENV_ENV_PREFIX, prefix));
-    for slot in pod.containers()? {
-        pod.append_env(slot, &vars)?;
+    vars.push(EnvVar::plain(ENV_ENV_PREFIX, prefix));
+    for slot in pod.containers() {
+        pod.append_env(slot, &vars);
     }
     Ok(())
 }
@@ -55,20 +53,23 @@ fn volume_name(secret: &Secret) -> String {
 /// Mounts the group's Secret at `/etc/flyte/secrets/<group>`. All keys of a group share one volume
 /// and one mount, whatever their group_version, found again through the mount path, so a second
 /// key, a second version or a reinvocation only adds what is missing.
-fn inject_file(pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
+fn inject_file(pod: &mut Pod<'_>, secret: &Secret) -> Result<(), Refused> {
     let dir = format!("{MOUNT_ROOT}/{}", secret.group.to_lowercase());
     let path = format!("{dir}/{}", secret.key.to_lowercase());
-    let item = json!({"key": secret.key, "path": secret.key.to_lowercase()});
+    let item = KeyToPath {
+        key: &secret.key,
+        path: secret.key.to_lowercase().into(),
+    };
 
-    let volume = match pod.volume_mounted_at(&dir)? {
+    let volume = match pod.volume_mounted_at(&dir) {
         Some(existing) => existing,
         None => volume_name(secret),
     };
-    let existing = pod.volume_named(&volume).map(|(index, existing)| {
-        let secret_name = existing.get("secret").and_then(|s| s.get("secretName"));
+    let existing = pod.volume_named(&volume).map(|(index, source)| {
+        let secret_name = source.and_then(|s| s.secret_name.as_ref());
         (
             index,
-            secret_name.and_then(Value::as_str) == Some(secret.group.as_str()),
+            secret_name.is_some_and(|name| name.as_str() == secret.group),
         )
     });
     match existing {
@@ -78,17 +79,26 @@ fn inject_file(pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
                 secret.group
             ));
         }
-        Some((index, true)) => pod.add_secret_item(index, item)?,
-        None => pod.add_volume(json!({
-            "name": volume,
-            "secret": {"secretName": secret.group, "items": [item], "optional": true},
-        }))?,
+        Some((index, true)) => pod.add_secret_item(index, &item),
+        None => pod.add_volume(&Volume {
+            empty_dir: None,
+            name: volume.as_str().into(),
+            secret: Some(SecretVolume {
+                items: vec![item],
+                optional: true,
+                secret_name: &secret.group,
+            }),
+        }),
     }
-    let mount = json!({"name": volume, "mountPath": dir, "readOnly": true});
+    let mount = VolumeMount {
+        mount_path: dir.as_str().into(),
+        name: volume.as_str().into(),
+        read_only: Some(true),
+    };
     let vars = file_env(secret, &path);
-    for slot in pod.containers()? {
-        pod.append_mount(slot, &mount)?;
-        pod.append_env(slot, &vars)?;
+    for slot in pod.containers() {
+        pod.append_mount(slot, &mount);
+        pod.append_env(slot, &vars);
     }
     Ok(())
 }

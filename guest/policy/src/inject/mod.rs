@@ -9,9 +9,8 @@ mod k8s;
 mod puller;
 mod vault;
 
-use serde_json::{Value, json};
-
-use crate::pod::{MalformedPod, Pod};
+use crate::pod::Pod;
+use crate::pod::objects::EnvVar;
 use crate::secret::Secret;
 use crate::settings::{ManagerType, Settings};
 
@@ -39,22 +38,13 @@ impl<F: Fn(&str, &str) -> Option<String>> GlobalSecrets for F {
     }
 }
 
+/// This manager cannot inject the secret, and why; the pod is untouched and the next manager may
+/// try.
 #[derive(Debug)]
-pub enum InjectError {
-    /// This manager cannot inject the secret; the pod is untouched and the next manager may try.
-    Refused(String),
-    /// The pod cannot be edited at all.
-    Malformed(MalformedPod),
-}
+pub struct Refused(pub String);
 
-impl From<MalformedPod> for InjectError {
-    fn from(err: MalformedPod) -> Self {
-        Self::Malformed(err)
-    }
-}
-
-fn refuse<T>(reason: impl Into<String>) -> Result<T, InjectError> {
-    Err(InjectError::Refused(reason.into()))
+fn refuse<T>(reason: impl Into<String>) -> Result<T, Refused> {
+    Err(Refused(reason.into()))
 }
 
 /// What an injector may consult.
@@ -67,9 +57,9 @@ pub struct Context<'a> {
 pub fn inject(
     manager: ManagerType,
     cx: &Context<'_>,
-    pod: &mut Pod,
+    pod: &mut Pod<'_>,
     secret: &Secret,
-) -> Result<(), InjectError> {
+) -> Result<(), Refused> {
     match manager {
         ManagerType::Global => global::inject(cx, pod, secret),
         ManagerType::K8s => k8s::inject(cx, pod, secret),
@@ -85,24 +75,20 @@ fn secret_env_name(prefix: &str, secret: &Secret) -> String {
     format!("{prefix}{}_{}", secret.group, secret.key).to_uppercase()
 }
 
-fn env_value(name: &str, value: &str) -> Value {
-    json!({"name": name, "value": value})
-}
-
 /// The env vars that point flytekit at the mounted files, plus the custom path variable.
-fn file_env(secret: &Secret, path: &str) -> Vec<Value> {
+fn file_env<'s>(secret: &'s Secret, path: &'s str) -> Vec<EnvVar<'s>> {
     let mut vars = vec![
-        env_value(ENV_DEFAULT_DIR, MOUNT_ROOT),
-        env_value(ENV_FILE_PREFIX, ""),
+        EnvVar::plain(ENV_DEFAULT_DIR, MOUNT_ROOT),
+        EnvVar::plain(ENV_FILE_PREFIX, ""),
     ];
     if !secret.env_var.is_empty() {
-        vars.push(env_value(&secret.env_var, path));
+        vars.push(EnvVar::plain(secret.env_var.as_str(), path));
     }
     vars
 }
 
 /// Refuses when the group or key needed by a manager is missing.
-fn require(secret: &Secret, group: bool, key: bool, manager: &str) -> Result<(), InjectError> {
+fn require(secret: &Secret, group: bool, key: bool, manager: &str) -> Result<(), Refused> {
     if (group && secret.group.is_empty()) || (key && secret.key.is_empty()) {
         let needs = match (group, key) {
             (true, true) => "both group and key",
@@ -123,7 +109,7 @@ const RESERVED_ENV: [&str; 5] = [
     "SECRET_FILENAME",
 ];
 
-fn check_custom_env_var(secret: &Secret) -> Result<(), InjectError> {
+fn check_custom_env_var(secret: &Secret) -> Result<(), Refused> {
     if secret.env_var.is_empty() {
         return Ok(());
     }

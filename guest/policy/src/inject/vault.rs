@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Context, InjectError, MOUNT_ROOT, check_custom_env_var, file_env, refuse, require};
+use super::{Context, MOUNT_ROOT, Refused, check_custom_env_var, file_env, refuse, require};
 use crate::names::stable_id;
 use crate::pod::Pod;
 use crate::secret::{MountRequirement, Secret};
@@ -18,7 +18,7 @@ enum Engine {
     Database,
 }
 
-pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), InjectError> {
+pub fn inject(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<(), Refused> {
     require(secret, true, true, "Vault")?;
     if secret.mount_requirement == MountRequirement::EnvVar {
         return refuse("Env_Var is not a supported mount requirement for Vault Secret Manager");
@@ -66,14 +66,14 @@ pub fn inject(cx: &Context<'_>, pod: &mut Pod, secret: &Secret) -> Result<(), In
         annotations.insert(key.clone(), value.clone());
     }
     for (key, value) in &annotations {
-        pod.add_annotation(key, value)?;
+        pod.add_annotation(key, value);
     }
 
     // The agent keeps the group's case in the path, unlike the K8s and cloud managers.
     let path = format!("{MOUNT_ROOT}/{}/{}", secret.group, secret.key);
     let vars = file_env(secret, &path);
-    for slot in pod.containers()? {
-        pod.append_env(slot, &vars)?;
+    for slot in pod.containers() {
+        pod.append_env(slot, &vars);
     }
     Ok(())
 }

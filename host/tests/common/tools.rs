@@ -1,0 +1,29 @@
+//! The third-party programs some tests run (`../shared/tools`: kube-apiserver, etcd, kwctl,
+//! policy-server), found through the variables `eval "$(../shared/tools/unpack target/tools)"`
+//! sets. A test without its program says so on the terminal, past the test harness's capture,
+//! and under CI (`CI` set) fails instead: CI unpacks them, so a missing one is a broken CI.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+/// The program named by `variable`, or `None` after saying loudly that `test` is skipped.
+pub fn find(variable: &str, test: &str) -> Option<PathBuf> {
+    match std::env::var_os(variable).map(PathBuf::from) {
+        Some(path) if path.is_file() => Some(path),
+        found => {
+            let why = match found {
+                Some(path) => format!("{variable}={} is not a file", path.display()),
+                None => format!("{variable} is not set"),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("{test}: {why}; .ci/run unpacks ../shared/tools and must set it");
+            }
+            // Straight to the terminal: the harness captures print! and eprint! only.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED {test}: {why} (eval \"$(../shared/tools/unpack target/tools)\") ***\n"
+            );
+            None
+        }
+    }
+}
