@@ -596,6 +596,22 @@ struct Answer {
 }
 
 impl Answer {
+    /// An AdmissionResponse (base64 JSON Patch) read against the `object` it was made for.
+    fn of_response(response: &Value, object: &Value) -> Self {
+        Self {
+            allowed: response["allowed"].as_bool().unwrap(),
+            code: response["status"]["code"].as_u64(),
+            message: response["status"]["message"].as_str().map(str::to_owned),
+            warnings: serde_json::from_value(response["warnings"].clone()).unwrap_or_default(),
+            pod: response["patch"].as_str().map(|patch| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(patch)
+                    .unwrap();
+                patched(object, &serde_json::from_slice(&bytes).unwrap())
+            }),
+        }
+    }
+
     /// What differs from `expected`, shortly: pods as the patch from `expected`'s to this one's.
     fn differences(&self, expected: &Answer) -> Option<String> {
         let mut differences = Vec::new();
@@ -636,22 +652,7 @@ fn component_answer(component: &Component<'_>, review: &Value) -> Answer {
     ));
     assert_eq!(reply.http_status, 200);
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
-    let response = &body["response"];
-    Answer {
-        allowed: response["allowed"].as_bool().unwrap(),
-        code: response["status"]["code"].as_u64(),
-        message: response["status"]["message"].as_str().map(str::to_owned),
-        warnings: serde_json::from_value(response["warnings"].clone()).unwrap_or_default(),
-        pod: response["patch"].as_str().map(|patch| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(patch)
-                .unwrap();
-            patched(
-                &review["request"]["object"],
-                &serde_json::from_slice(&bytes).unwrap(),
-            )
-        }),
-    }
+    Answer::of_response(&body["response"], &review["request"]["object"])
 }
 
 /// Calls `validate` as policy-evaluator does and builds its AdmissionResponse the same way:
@@ -864,19 +865,7 @@ fn kwctl_answer(kwctl: &Path, module: &Path, fixture: &Fixture, settings: &Value
     );
     let response: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|err| panic!("{}: kwctl printed no response ({err})", fixture.name));
-    let object = &fixture.review["request"]["object"];
-    Answer {
-        allowed: response["allowed"].as_bool().unwrap(),
-        code: response["status"]["code"].as_u64(),
-        message: response["status"]["message"].as_str().map(str::to_owned),
-        warnings: serde_json::from_value(response["warnings"].clone()).unwrap_or_default(),
-        pod: response["patch"].as_str().map(|patch| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(patch)
-                .unwrap();
-            patched(object, &serde_json::from_slice(&bytes).unwrap())
-        }),
-    }
+    Answer::of_response(&response, &fixture.review["request"]["object"])
 }
 
 #[test]
