@@ -22,10 +22,13 @@ RUN rustup toolchain install \
  && rustup target add x86_64-unknown-linux-musl wasm32-wasip2 \
  && rustc --version
 
+# Every workspace member must be in the context, or cargo cannot load the workspace; .ci/run
+# builds exactly these paths in an empty directory (.ci/docker-context) to prove it.
 COPY Cargo.toml Cargo.lock ./
 COPY wit ./wit
 COPY guest ./guest
 COPY host ./host
+COPY examples ./examples
 
 # ring's C/assembly parts for the musl target.
 ENV CC_x86_64_unknown_linux_musl=musl-gcc

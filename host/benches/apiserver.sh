@@ -19,7 +19,9 @@ cargo build --release -p secrets-webhook --bins
 bin=$PWD/target/release/secrets-webhook
 kubewarden_wasm=$PWD/target/wasm-guest/wasm32-wasip1/release/secrets_policy_kubewarden.wasm
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+# The API server's graceful shutdown can hang once etcd is gone: kill it outright after a moment, and
+# wait, so that the next run can reuse the ports.
+trap 'kill "${pids[@]}" 2>/dev/null; sleep 2; kill -9 "${pids[@]}" 2>/dev/null; wait' EXIT
 etcd_port=23790 api_port=26443 ours_port=29443 kw_port=29445
 
 # A CA for the API server's own certificates and its admin client (system:masters).
@@ -114,7 +116,7 @@ create_pods warmup-none 20 /dev/null
 create_pods none "$pods" "$out/none.txt"
 echo "none,$pods,$(percentiles "$out/none.txt")" >> "$out/summary.csv"
 
-"$bin" serve --local --cert-dir "$out/certs" --listen "127.0.0.1:$ours_port" \
+"$bin" --log-format json serve --local --cert-dir "$out/certs" --listen "127.0.0.1:$ours_port" \
   --policy-cache-dir "$out/cache" > "$out/ours.log" 2>&1 &
 ours=$!; pids+=($ours)
 for _ in $(seq 1 100); do curl -sf --cacert "$out/certs/ca.crt" "https://localhost:$ours_port/readyz" > /dev/null && break; sleep 0.2; done

@@ -95,6 +95,22 @@ struct WebhookArgs {
     /// How long the API server waits for an answer (1 to 30).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=30))]
     timeout_seconds: i32,
+    /// cert-manager owns the certificates: `<namespace>/<Certificate>` whose CA its cainjector
+    /// puts in the configuration's caBundle. The webhook then never writes a caBundle (it still
+    /// reloads the serving certificate when the Secret changes).
+    #[arg(long, value_name = "NAMESPACE/CERTIFICATE", value_parser = parse_namespaced_name)]
+    ca_injected_from: Option<String>,
+}
+
+fn parse_namespaced_name(text: &str) -> Result<String, String> {
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!("`{text}` is not <namespace>/<name>")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -537,6 +553,7 @@ fn webhook_target(
         .to_owned(),
         timeout_seconds: webhook.timeout_seconds,
         namespace_selector,
+        ca_injected_from: webhook.ca_injected_from.clone(),
     }
 }
 

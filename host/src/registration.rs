@@ -44,13 +44,21 @@ pub struct WebhookTarget {
     pub timeout_seconds: i32,
     /// Added to the built-in exclusion of our namespace and kube-system.
     pub namespace_selector: Option<LabelSelector>,
+    /// `<namespace>/<Certificate>` when cert-manager's cainjector owns the `caBundle`: the
+    /// configuration then carries its `inject-ca-from` annotation and never a bundle of ours.
+    pub ca_injected_from: Option<String>,
 }
+
+/// The annotation cert-manager's cainjector follows to fill in a webhook's `caBundle`.
+pub const INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
 
 /// The configuration we apply: pods, CREATE, opted-in by label, never our namespace.
 pub fn webhook_configuration(
     target: &WebhookTarget,
     ca_bundle: Option<&[u8]>,
 ) -> MutatingWebhookConfiguration {
+    // Leaving the field out of our apply leaves it to cainjector's field manager.
+    let ca_bundle = ca_bundle.filter(|_| target.ca_injected_from.is_none());
     let client_config = WebhookClientConfig {
         ca_bundle: ca_bundle.map(|ca| ByteString(ca.to_vec())),
         service: target.url.is_none().then(|| ServiceReference {
@@ -107,6 +115,10 @@ pub fn webhook_configuration(
                     "secrets-webhook".to_owned(),
                 ),
             ])),
+            annotations: target
+                .ca_injected_from
+                .as_ref()
+                .map(|from| BTreeMap::from([(INJECT_CA_FROM.to_owned(), from.clone())])),
             ..ObjectMeta::default()
         },
         webhooks: Some(vec![webhook]),
@@ -267,7 +279,10 @@ pub async fn keep_registered(
     let mut applied: Option<(Option<Vec<u8>>, std::time::Instant)> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
-        let ca = read_ca(&cert_dir);
+        let ca = match target.ca_injected_from {
+            Some(_) => None,
+            None => read_ca(&cert_dir),
+        };
         let due = match &applied {
             None => true,
             Some((bundle, at)) => *bundle != ca || at.elapsed() >= REAPPLY,
@@ -328,6 +343,7 @@ mod tests {
                 match_labels: Some(BTreeMap::from([("flyte".to_owned(), "enabled".to_owned())])),
                 ..LabelSelector::default()
             }),
+            ca_injected_from: None,
         }
     }
 
@@ -368,6 +384,23 @@ mod tests {
         assert_eq!(
             mwc["webhooks"][0]["clientConfig"],
             serde_json::json!({"url": "https://hooks.example.com:8443/mutate"})
+        );
+    }
+
+    #[test]
+    fn with_cert_manager_the_bundle_is_left_to_cainjector() {
+        let target = WebhookTarget {
+            ca_injected_from: Some("sw/secrets-webhook".into()),
+            ..target()
+        };
+        let mwc = serde_json::to_value(webhook_configuration(&target, Some(b"CA"))).unwrap();
+        assert_eq!(
+            mwc["metadata"]["annotations"],
+            serde_json::json!({"cert-manager.io/inject-ca-from": "sw/secrets-webhook"})
+        );
+        assert_eq!(
+            mwc["webhooks"][0]["clientConfig"],
+            serde_json::json!({"service": {"name": "secrets-webhook", "namespace": "sw", "path": "/mutate", "port": 443}})
         );
     }
 }

@@ -386,6 +386,7 @@ fn target() -> WebhookTarget {
         failure_policy: "Fail".into(),
         timeout_seconds: 5,
         namespace_selector: None,
+        ca_injected_from: None,
     }
 }
 

@@ -54,8 +54,8 @@ impl Bump {
             static __heap_base: u8;
         }
         if self.end.get() == 0 {
-            // SAFETY: only the address of the linker's symbol is taken.
-            self.next.set(unsafe { &raw const __heap_base } as usize);
+            // Taking the address of the linker's symbol reads nothing, so it needs no `unsafe`.
+            self.next.set(&raw const __heap_base as usize);
             self.end.set(wasm32::memory_size(0) * PAGE);
         }
     }

@@ -22,6 +22,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 #[derive(Parser, Clone)]
@@ -157,37 +158,29 @@ fn connector(ca: &PathBuf, http: Protocol) -> Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// One connection's share of the run.
+/// One connection's share of the run. Open loop: `dues` delivers the scheduled times of this
+/// connection's requests; closed loop (`None`): the next request goes as soon as the last is answered.
 async fn worker(
     args: Arc<Args>,
     tls: TlsConnector,
     body: Bytes,
-    index: usize,
+    mut dues: Option<mpsc::UnboundedReceiver<Duration>>,
     start: Instant,
 ) -> Result<Vec<Sample>> {
     let mut sender = Sender::connect(&args, &tls).await?;
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let end = warmup + Duration::from_secs_f64(args.seconds);
     let mut samples = Vec::new();
-    // Open loop: this connection takes every `connections`-th slot of the global schedule.
-    let step = args
-        .rate
-        .map(|rate| Duration::from_secs_f64(args.connections as f64 / rate));
-    let offset = args
-        .rate
-        .map(|rate| Duration::from_secs_f64(index as f64 / rate));
-    let mut slot = 0u32;
     loop {
-        let due = match (step, offset) {
-            (Some(step), Some(offset)) => offset + step * slot,
-            _ => start.elapsed(),
+        let due = match dues.as_mut() {
+            Some(dues) => match dues.recv().await {
+                Some(due) => due,
+                None => break,
+            },
+            None => start.elapsed(),
         };
         if due >= end {
             break;
-        }
-        slot += 1;
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
-            tokio::time::sleep(wait).await;
         }
         let ok = match sender.send(&args.path, &body).await {
             Ok(ok) => ok,
@@ -206,6 +199,26 @@ async fn worker(
         }
     }
     Ok(samples)
+}
+
+/// The open loop's clock, on its own thread. tokio's timer rounds every sleep up to the next
+/// millisecond, which would put up to 1 ms of the load generator's own lateness into every
+/// latency; `thread::sleep` wakes within the kernel's timer slack (≈ 50 µs). Slot `i` is due at
+/// `i / rate` and goes to connection `i mod connections`; a busy connection queues it, and its
+/// latency still counts from the due time.
+fn pace(rate: f64, end: Duration, start: Instant, dues: Vec<mpsc::UnboundedSender<Duration>>) {
+    for slot in 0u64.. {
+        let due = Duration::from_secs_f64(slot as f64 / rate);
+        if due >= end {
+            break;
+        }
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        if dues[(slot % dues.len() as u64) as usize].send(due).is_err() {
+            break;
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -331,13 +344,23 @@ async fn main() -> Result<()> {
             }
         });
     }
+    let mut receivers = Vec::new();
+    if let Some(rate) = args.rate {
+        let (senders, rx): (Vec<_>, Vec<_>) = (0..args.connections.max(1))
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
+        receivers = rx;
+        let end = Duration::from_secs_f64(args.warmup_seconds + args.seconds);
+        std::thread::spawn(move || pace(rate, end, start, senders));
+    }
+    let mut receivers = receivers.into_iter();
     let workers: Vec<_> = (0..args.connections)
-        .map(|index| {
+        .map(|_| {
             tokio::spawn(worker(
                 args.clone(),
                 tls.clone(),
                 body.clone(),
-                index,
+                receivers.next(),
                 start,
             ))
         })
