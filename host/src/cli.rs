@@ -43,7 +43,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve AdmissionReviews over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the policy on one AdmissionReview or Pod (JSON or YAML) and print the result.
     Mutate(MutateArgs),
     /// Mark a Pod (or a Deployment, Job, CronJob… pod template) as Flyte does: the opt-in label and
@@ -325,7 +325,7 @@ fn run(command: Command) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(args))?;
+            runtime.block_on(serve(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Mutate(args) => mutate(args),
