@@ -11,12 +11,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::admission::{self, OnError, Verdict};
+use crate::certs::secret::{CertSecret, Trust};
+use crate::cluster::controller;
+use crate::cluster::registration::{self, WebhookTarget};
 use crate::config::{Config, Overrides};
 use crate::global_secrets::GlobalSecrets;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::policy::{self, Active, Runtime};
-use crate::registration::{self, CertAction, CertSecret, WebhookTarget};
 use crate::reload::Reloader;
 use crate::{certs, server, tls};
 
@@ -123,15 +125,41 @@ enum FailurePolicy {
 struct InitCertsArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    certs: CertArgs,
+}
+
+/// The serving certificate's names and the lifetimes of what is issued; `serve` and
+/// `init-certs` take the same, so either can renew.
+#[derive(Args, Clone)]
+struct CertArgs {
     /// Another DNS name for the serving certificate (repeatable).
     #[arg(long)]
     dns_name: Vec<String>,
     /// An IP address for the serving certificate (repeatable).
     #[arg(long)]
     ip_address: Vec<std::net::IpAddr>,
-    /// Renew when the certificate expires within this long: `30d`, `720h`, `90m`.
+    /// How long a CA is valid: `365d`, `720h`, `10m`, `90s`.
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    ca_validity: time::Duration,
+    /// How long a serving certificate is valid.
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    cert_validity: time::Duration,
+    /// Renew a serving certificate this long before it expires (a CA: --cert-validity +
+    /// --renew-before before it expires, so nothing it signed outlives it).
     #[arg(long, default_value = "30d", value_parser = parse_duration)]
     renew_before: time::Duration,
+}
+
+/// Who writes the certificate Secret.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CertSource {
+    /// The webhook: one elected replica creates and renews it, every replica follows it.
+    Managed,
+    /// Someone else (cert-manager): the webhook follows the Secret and never writes it.
+    External,
+    /// Files in --cert-dir (a mounted Secret): followed by file events; nothing is written.
+    Files,
 }
 
 #[derive(Args)]
@@ -199,6 +227,11 @@ struct ServeArgs {
     /// Do not apply the MutatingWebhookConfiguration (it is managed another way).
     #[arg(long)]
     no_register: bool,
+    /// Who writes the certificate Secret; --ca-injected-from implies external.
+    #[arg(long, value_enum, default_value_t = CertSource::Managed)]
+    certs: CertSource,
+    #[command(flatten)]
+    cert_args: CertArgs,
     /// Address to listen on [default: 0.0.0.0:9443, or webhook.listenPort].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -310,8 +343,11 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    // Colour only for a person at a terminal, not in a log collector's files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -460,12 +496,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz over plain HTTP");
     }
 
-    let certs = tls::CertStore::open(&config.cert_dir)?;
-    tokio::spawn(
-        certs
-            .clone()
-            .watch(Duration::from_secs(10), metrics.clone()),
-    );
+    let cluster = match local {
+        true => None,
+        false => Some(cluster_setup(&args, &config, readiness.clone(), metrics.clone()).await?),
+    };
+    let certs = match &cluster {
+        Some(cluster) => cluster.store.clone(),
+        None => {
+            let certs = tls::CertStore::open(&config.cert_dir)?;
+            tokio::spawn(
+                certs
+                    .clone()
+                    .watch(Duration::from_secs(10), metrics.clone()),
+            );
+            certs
+        }
+    };
     let tls = tls::server_config(certs, args.client_ca.as_deref())?;
     tokio::spawn(refresh_globals(
         active.clone(),
@@ -499,25 +545,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         readiness: readiness.clone(),
         metrics: metrics.clone(),
     };
-    let metrics_for_registration = metrics;
     let handle = server::spawn(config.listen, tls, app).await?;
     readiness.set_serving();
-    if registering {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API")?;
-        let target = webhook_target(
-            &args.cluster,
-            &args.webhook,
-            config.namespace_selector.clone(),
-        );
-        tokio::spawn(registration::keep_registered(
-            client,
-            target,
-            config.cert_dir.clone(),
-            readiness.clone(),
-            metrics_for_registration,
-        ));
+    if let Some(cluster) = cluster {
+        cluster.launch();
     }
     tracing::info!(addr = %handle.local_addr(), "serving AdmissionReviews on /mutate and /mutate--v1-pod");
     stop_signal().await;
@@ -568,41 +599,94 @@ fn url_host(url: &str) -> Option<String> {
     )
 }
 
-async fn init_certs(args: InitCertsArgs) -> Result<ExitCode> {
-    let cluster = &args.cluster;
-    let mut extra: Vec<String> = args.dns_name.clone();
-    extra.extend(args.ip_address.iter().map(ToString::to_string));
+/// The certificate Secret as `serve` and `init-certs` see it.
+fn cert_secret(cluster: &ClusterArgs, certs: &CertArgs) -> Result<CertSecret> {
+    let mut extra: Vec<String> = certs.dns_name.clone();
+    extra.extend(certs.ip_address.iter().map(ToString::to_string));
     extra.extend(cluster.webhook_url.as_deref().and_then(url_host));
-    let spec = CertSecret {
+    let lifetimes = certs::Lifetimes {
+        ca: certs.ca_validity,
+        serving: certs.cert_validity,
+        renew_before: certs.renew_before,
+    };
+    lifetimes.check()?;
+    Ok(CertSecret {
         namespace: cluster.namespace.clone(),
         name: cluster.secret_name.clone(),
         names: certs::service_names(&cluster.service_name, &cluster.namespace, &extra),
-        renew_before: args.renew_before,
-    };
+        lifetimes,
+        identity: controller::identity(),
+    })
+}
+
+/// Where `serve` gets its certificate in a cluster, and what it keeps there.
+async fn cluster_setup(
+    args: &ServeArgs,
+    config: &Config,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+) -> Result<crate::cluster::Prepared> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let (bundle, action) = registration::init_certs(client, &spec).await?;
-    match &action {
-        CertAction::Created => tracing::info!(
-            secret = spec.name,
-            namespace = spec.namespace,
-            "certificate Secret created"
-        ),
-        CertAction::Kept => tracing::info!(
+    let certs = match (args.certs, &args.webhook.ca_injected_from) {
+        (CertSource::Files, _) => crate::cluster::Certs::Files(config.cert_dir.clone()),
+        (CertSource::External, _) | (CertSource::Managed, Some(_)) => {
+            crate::cluster::Certs::External
+        }
+        (CertSource::Managed, None) => crate::cluster::Certs::Managed,
+    };
+    let target = (!args.no_register).then(|| {
+        webhook_target(
+            &args.cluster,
+            &args.webhook,
+            config.namespace_selector.clone(),
+        )
+    });
+    let setup = crate::cluster::Setup {
+        client,
+        secret: cert_secret(&args.cluster, &args.cert_args)?,
+        certs,
+        lease: format!("{}-leader", args.cluster.service_name),
+        target,
+        readiness,
+        metrics,
+    };
+    setup.prepare().await
+}
+
+async fn init_certs(args: InitCertsArgs) -> Result<ExitCode> {
+    let spec = cert_secret(&args.cluster, &args.certs)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    // A new CA may sign once the webhook configuration trusts it; a Job that may not read the
+    // configuration leaves that step to `serve`.
+    let trusted = registration::ca_bundle(client.clone(), &args.cluster.service_name)
+        .await
+        .ok()
+        .flatten();
+    let trust = trusted.as_deref().map_or(Trust::Never, Trust::Bundle);
+    let api = kube::Api::namespaced(client, &spec.namespace);
+    let outcome = crate::certs::secret::reconcile(&api, &spec, trust).await?;
+    for change in &outcome.changes {
+        tracing::info!(secret = spec.name, namespace = spec.namespace, change = %change, "certificate Secret changed");
+    }
+    if outcome.changes.is_empty() {
+        tracing::info!(
             secret = spec.name,
             namespace = spec.namespace,
             "certificate Secret is valid; kept"
-        ),
-        CertAction::Renewed { reason } => tracing::info!(
-            secret = spec.name,
-            namespace = spec.namespace,
-            reason,
-            "certificate Secret renewed"
-        ),
+        );
     }
-    if let Some(dir) = &cluster.cert_dir {
-        certs::write_dir(dir, &bundle)?;
+    if let Some(waiting) = &outcome.waiting {
+        tracing::info!(
+            waiting,
+            "serve finishes the rotation once the webhook configuration trusts the new CA"
+        );
+    }
+    if let Some(dir) = &args.cluster.cert_dir {
+        certs::write_dir(dir, &outcome.bundle)?;
         tracing::info!(dir = %dir.display(), "certificate files written");
     }
     Ok(ExitCode::SUCCESS)

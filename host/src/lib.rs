@@ -6,13 +6,13 @@
 pub mod admission;
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod global_secrets;
 pub mod health;
 pub mod metrics;
 pub mod patch;
 pub mod policy;
-pub mod registration;
 pub mod reload;
 pub mod request_body;
 pub mod server;

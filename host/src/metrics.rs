@@ -38,6 +38,18 @@ fn manager_label(name: &str) -> &'static str {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaLabels {
+    subject: String,
+    serial: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RenewalLabels {
+    what: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
     digest: String,
 }
@@ -62,6 +74,9 @@ pub struct Metrics {
     registrations: Family<ResultLabels, Counter>,
     policy: Family<PolicyLabels, Gauge>,
     cert_expiry: Gauge<f64, AtomicU64>,
+    ca_expiry: Family<CaLabels, Gauge<f64, AtomicU64>>,
+    renewals: Family<RenewalLabels, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -120,6 +135,24 @@ impl Default for Metrics {
             "When the serving certificate expires (Unix time)",
             cert_expiry.clone(),
         );
+        let ca_expiry = Family::<CaLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "ca_expiry_timestamp_seconds",
+            "When each CA in the trust bundle (ca.crt, the caBundle) expires (Unix time)",
+            ca_expiry.clone(),
+        );
+        let renewals = Family::<RenewalLabels, Counter>::default();
+        registry.register(
+            "cert_renewals",
+            "Changes to the certificate Secret by this replica, by what (ca, serving, bundle) and outcome (renewed, failed)",
+            renewals.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease: it renews certificates and restores the webhook configuration",
+            leader.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -130,6 +163,9 @@ impl Default for Metrics {
             registrations,
             policy,
             cert_expiry,
+            ca_expiry,
+            renewals,
+            leader,
         }
     }
 }
@@ -187,6 +223,31 @@ impl Metrics {
         self.cert_expiry.set(unix_seconds);
     }
 
+    /// The CAs in `ca_pem` replace those reported before.
+    pub fn trusted_cas(&self, ca_pem: &str) {
+        self.ca_expiry.clear();
+        for ca in crate::certs::certificates(ca_pem) {
+            self.ca_expiry
+                .get_or_create(&CaLabels {
+                    subject: ca.subject,
+                    serial: ca.serial,
+                })
+                .set(ca.not_after as f64);
+        }
+    }
+
+    /// Counts a change to the certificate Secret: `what` is ca, serving or bundle.
+    pub fn renewal(&self, what: &'static str, renewed: bool) {
+        let outcome = if renewed { "renewed" } else { "failed" };
+        self.renewals
+            .get_or_create(&RenewalLabels { what, outcome })
+            .inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -213,7 +274,23 @@ mod tests {
         metrics.policy_in_service("abc");
         metrics.policy_in_service("def");
         metrics.cert_expires_at(1.9e9);
+        let names = ["a.example".to_owned()];
+        let old = crate::certs::generate(&names, crate::certs::Lifetimes::default()).unwrap();
+        let new = crate::certs::generate(&names, crate::certs::Lifetimes::default()).unwrap();
+        metrics.trusted_cas(&old.ca_pem);
+        metrics.trusted_cas(&format!("{}{}", new.ca_pem, new.ca_pem));
+        metrics.renewal("serving", true);
+        metrics.renewal("ca", false);
+        metrics.set_leader(true);
         let text = metrics.encode();
+        let ca = crate::certs::certificates(&new.ca_pem).remove(0);
+        let ca_line = format!(
+            "secrets_webhook_ca_expiry_timestamp_seconds{{subject=\"{}\",serial=\"{}\"}} {}",
+            ca.subject, ca.serial, ca.not_after
+        );
+        assert_eq!(text.matches(&ca_line).count(), 1, "{text}");
+        let old_serial = crate::certs::certificates(&old.ca_pem).remove(0).serial;
+        assert!(!text.contains(&old_serial), "{text}");
         for line in [
             "secrets_webhook_reviews_total{outcome=\"patched\"} 1",
             "secrets_webhook_reviews_total{outcome=\"denied\"} 1",
@@ -225,6 +302,9 @@ mod tests {
             "secrets_webhook_policy_reloads_total{result=\"rejected\"} 1",
             "secrets_webhook_policy_info{digest=\"def\"} 1",
             "secrets_webhook_cert_expiry_timestamp_seconds 1900000000",
+            "secrets_webhook_cert_renewals_total{what=\"serving\",outcome=\"renewed\"} 1",
+            "secrets_webhook_cert_renewals_total{what=\"ca\",outcome=\"failed\"} 1",
+            "secrets_webhook_leader 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

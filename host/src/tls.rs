@@ -33,56 +33,85 @@ pub fn load_certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedK
     CertifiedKey::from_der(chain, key, &provider()).context("the key does not fit the certificate")
 }
 
-/// Serves whichever certificate was loaded last.
+/// Serves whichever certificate was installed last: from a directory (local mode, a mounted
+/// Secret) or from the certificate Secret followed through the API.
 #[derive(Debug)]
 pub struct CertStore {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
     current: ArcSwap<CertifiedKey>,
-    /// The file contents `current` was made from, to notice changes cheaply.
+    /// The PEM `current` was made from, to notice changes cheaply.
     loaded_from: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
 impl CertStore {
-    /// Loads `tls.crt` and `tls.key` from `dir`.
+    /// Loads `tls.crt` and `tls.key` from `dir`; [`CertStore::watch`] follows the directory.
     pub fn open(dir: &Path) -> Result<Arc<Self>> {
         let (chain, key) = read_pair(dir)?;
-        let certified = load_certified_key(&chain, &key)
-            .with_context(|| format!("loading the serving certificate from {}", dir.display()))?;
+        Self::new(Some(dir.to_owned()), chain, key)
+            .with_context(|| format!("loading the serving certificate from {}", dir.display()))
+    }
+
+    /// Serves `chain` and `key` (PEM) until [`CertStore::install`] swaps them.
+    pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<Arc<Self>> {
+        Self::new(None, chain.to_vec(), key.to_vec())
+    }
+
+    fn new(dir: Option<PathBuf>, chain: Vec<u8>, key: Vec<u8>) -> Result<Arc<Self>> {
+        let certified = load_certified_key(&chain, &key)?;
         Ok(Arc::new(Self {
-            dir: dir.to_owned(),
+            dir,
             current: ArcSwap::from_pointee(certified),
             loaded_from: std::sync::Mutex::new((chain, key)),
         }))
     }
 
-    /// Loads the files again if they changed. A pair that does not load keeps the old one.
-    pub fn reload(&self) -> Result<bool> {
-        let (chain, key) = read_pair(&self.dir)?;
+    /// Serves `chain` and `key` from the next handshake on, unless they are what is served
+    /// already. A pair that does not load keeps the old one. Returns whether it swapped.
+    pub fn install(&self, chain: &[u8], key: &[u8]) -> Result<bool> {
         let mut loaded = self.loaded_from.lock().unwrap_or_else(|p| p.into_inner());
         if loaded.0 == chain && loaded.1 == key {
             return Ok(false);
         }
-        let certified = load_certified_key(&chain, &key)?;
+        let certified = load_certified_key(chain, key)?;
         self.current.store(Arc::new(certified));
-        *loaded = (chain, key);
+        *loaded = (chain.to_vec(), key.to_vec());
         Ok(true)
     }
 
+    /// The certificate chain served now (PEM).
+    pub fn serving_pem(&self) -> Vec<u8> {
+        let loaded = self.loaded_from.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.0.clone()
+    }
+
+    /// Loads the directory's files again if they changed.
+    pub fn reload(&self) -> Result<bool> {
+        let Some(dir) = &self.dir else {
+            return Ok(false);
+        };
+        let (chain, key) = read_pair(dir)?;
+        self.install(&chain, &key)
+    }
+
     /// Reloads when the directory changes (or every `poll`), reporting the expiry in `metrics`.
+    /// Returns at once for a store that has no directory.
     pub async fn watch(self: Arc<Self>, poll: Duration, metrics: Arc<Metrics>) {
+        let Some(dir) = self.dir.clone() else {
+            return;
+        };
         self.report_expiry(&metrics);
-        let cert = self.dir.join(CERT_FILE);
+        let cert = dir.join(CERT_FILE);
         let mut changes = Changes::new(&[cert.as_path()], poll);
         loop {
             changes.next().await;
             match self.reload() {
                 Ok(true) => {
-                    tracing::info!(dir = %self.dir.display(), "serving certificate reloaded");
+                    tracing::info!(dir = %dir.display(), "serving certificate reloaded");
                     self.report_expiry(&metrics);
                 }
                 Ok(false) => {}
                 Err(err) => tracing::warn!(
-                    dir = %self.dir.display(),
+                    dir = %dir.display(),
                     error = format!("{err:#}"),
                     "new serving certificate rejected; keeping the old one"
                 ),
@@ -91,8 +120,7 @@ impl CertStore {
     }
 
     fn report_expiry(&self, metrics: &Metrics) {
-        let loaded = self.loaded_from.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(expiry) = crate::certs::expiry(&loaded.0) {
+        if let Some(expiry) = crate::certs::expiry(&self.serving_pem()) {
             metrics.cert_expires_at(expiry as f64);
         }
     }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Options, TestServer};
-use secrets_webhook::certs::{self, Validity};
+use secrets_webhook::certs::{self, Lifetimes};
 use secrets_webhook::metrics::Metrics;
 
 fn localhost_bundle() -> certs::Bundle {
     certs::generate(
         &["localhost".to_owned(), "127.0.0.1".to_owned()],
-        Validity::default(),
+        Lifetimes::default(),
     )
     .unwrap()
 }

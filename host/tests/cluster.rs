@@ -1,6 +1,8 @@
-//! init-certs and registration against an in-process fake API server that speaks the few
-//! endpoints they use, with the API's semantics: resourceVersion checks, AlreadyExists, Conflict,
-//! server-side apply content type and field manager.
+//! The certificate Secret's writes and registration against an in-process fake API server that
+//! speaks the few endpoints they use, with the API's semantics (resourceVersion checks,
+//! AlreadyExists, Conflict, server-side apply content type and field manager) — and that can
+//! lose a race on cue, which a real API server cannot be made to do deterministically. The same
+//! behaviour against a real kube-apiserver is in `certs_cluster.rs`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -11,8 +13,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use secrets_webhook::certs;
-use secrets_webhook::registration::{self, CertAction, CertSecret, WebhookTarget};
+use secrets_webhook::certs::plan::Change;
+use secrets_webhook::certs::secret::{self, CertSecret, Outcome, Trust};
+use secrets_webhook::certs::{self, Lifetimes};
+use secrets_webhook::cluster::registration::{self, WebhookTarget};
 use serde_json::{Value, json};
 
 #[derive(Default)]
@@ -212,7 +216,8 @@ fn spec(names: &[&str]) -> CertSecret {
         namespace: "sw".into(),
         name: "secrets-webhook-tls".into(),
         names: names.iter().map(|n| (*n).to_owned()).collect(),
-        renew_before: time::Duration::days(30),
+        lifetimes: Lifetimes::default(),
+        identity: "test-replica".into(),
     }
 }
 
@@ -230,6 +235,7 @@ fn stored_bundle(server: &FakeApiServer) -> certs::Bundle {
     };
     certs::Bundle {
         ca_pem: field("ca.crt"),
+        ca_key_pem: field("ca.key"),
         cert_pem: field("tls.crt"),
         key_pem: field("tls.key"),
     }
@@ -242,57 +248,45 @@ const NAMES: [&str; 4] = [
     "secrets-webhook.sw.svc.cluster.local",
 ];
 
-#[tokio::test]
-async fn init_certs_creates_keeps_and_renews() {
-    let server = FakeApiServer::start().await;
-    let (created, action) = registration::init_certs(server.client.clone(), &spec(&NAMES))
+async fn reconcile(server: &FakeApiServer, names: &[&str]) -> Outcome {
+    let api = kube::Api::namespaced(server.client.clone(), "sw");
+    secret::reconcile(&api, &spec(names), Trust::Never)
         .await
-        .unwrap();
-    assert_eq!(action, CertAction::Created);
-    assert_eq!(stored_bundle(&server).cert_pem, created.cert_pem);
+        .unwrap()
+}
+
+fn whats(outcome: &Outcome) -> Vec<&'static str> {
+    outcome.changes.iter().map(Change::what).collect()
+}
+
+#[tokio::test]
+async fn the_secret_is_created_kept_and_renewed() {
+    let server = FakeApiServer::start().await;
+    let created = reconcile(&server, &NAMES).await;
+    assert_eq!(whats(&created), ["ca", "serving"]);
+    assert_eq!(stored_bundle(&server), created.bundle);
+    let renewed_by = server.store().secrets["secrets-webhook-tls"]["metadata"]["annotations"]
+        [secret::RENEWED_BY]
+        .clone();
+    assert_eq!(renewed_by, "test-replica");
 
     // A re-run (or another replica) keeps a valid Secret untouched.
-    let (kept, action) = registration::init_certs(server.client.clone(), &spec(&NAMES))
-        .await
-        .unwrap();
-    assert_eq!(action, CertAction::Kept);
-    assert_eq!(kept.cert_pem, created.cert_pem);
-    assert_eq!(kept.ca_pem, created.ca_pem);
+    let kept = reconcile(&server, &NAMES).await;
+    assert!(kept.changes.is_empty(), "{:?}", kept.changes);
+    assert_eq!(kept.bundle, created.bundle);
 
-    // A new name means a new certificate, and the old CA stays trusted beside the new one.
+    // A new name means a new certificate from the same CA.
     let mut more = NAMES.to_vec();
     more.push("hooks.example.com");
-    let (renewed, action) = registration::init_certs(server.client.clone(), &spec(&more))
-        .await
-        .unwrap();
+    let renewed = reconcile(&server, &more).await;
     assert!(
-        matches!(action, CertAction::Renewed { ref reason } if reason.contains("hooks.example.com")),
-        "{action:?}"
+        matches!(&renewed.changes[..], [Change::Serving { reason }] if reason.contains("hooks.example.com")),
+        "{:?}",
+        renewed.changes
     );
-    assert_ne!(renewed.cert_pem, created.cert_pem);
-    let old_ca_body: String = created
-        .ca_pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    let new_bundle: String = renewed
-        .ca_pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    assert!(
-        new_bundle.contains(&old_ca_body),
-        "the old CA is still in ca.crt"
-    );
-    assert_eq!(stored_bundle(&server).cert_pem, renewed.cert_pem);
-    assert!(
-        certs::renewal_reason(
-            &renewed,
-            &more.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            time::Duration::days(30)
-        )
-        .is_none()
-    );
+    assert_eq!(renewed.bundle.ca_pem, created.bundle.ca_pem);
+    assert_ne!(renewed.bundle.cert_pem, created.bundle.cert_pem);
+    assert_eq!(stored_bundle(&server), renewed.bundle);
 
     // A Secret with its keys missing (Flyte's charts pre-create an empty one) is filled in.
     server
@@ -300,14 +294,8 @@ async fn init_certs_creates_keeps_and_renews() {
         .secrets
         .get_mut("secrets-webhook-tls")
         .unwrap()["data"] = json!({});
-    let (_, action) = registration::init_certs(server.client.clone(), &spec(&NAMES))
-        .await
-        .unwrap();
-    assert!(
-        matches!(action, CertAction::Renewed { ref reason } if reason.contains("missing")),
-        "{action:?}"
-    );
-
+    let filled = reconcile(&server, &NAMES).await;
+    assert_eq!(whats(&filled), ["ca", "serving"]);
     let log = server.store().log.join("\n");
     assert!(
         log.contains("PUT /api/v1/namespaces/sw/secrets/secrets-webhook-tls"),
@@ -316,37 +304,34 @@ async fn init_certs_creates_keeps_and_renews() {
 }
 
 #[tokio::test]
-async fn racing_replicas_converge_on_one_ca() {
+async fn racing_writers_converge_on_one_ca() {
     let server = FakeApiServer::start().await;
     // Another replica creates the Secret between our read and our create.
-    let winner = certs::renew(None, &NAMES.map(String::from), certs::Validity::default()).unwrap();
+    let winner = certs::generate(&NAMES.map(String::from), Lifetimes::default()).unwrap();
     let competitor = {
         use base64::Engine as _;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         json!({"apiVersion": "v1", "kind": "Secret",
                "metadata": {"name": "secrets-webhook-tls", "namespace": "sw"},
                "type": "Opaque",
-               "data": {"ca.crt": b64(&winner.ca_pem), "tls.crt": b64(&winner.cert_pem), "tls.key": b64(&winner.key_pem)}})
+               "data": {"ca.crt": b64(&winner.ca_pem), "ca.key": b64(&winner.ca_key_pem),
+                        "tls.crt": b64(&winner.cert_pem), "tls.key": b64(&winner.key_pem)}})
     };
     server.store().competitor_on_create = Some(competitor);
-    let (bundle, action) = registration::init_certs(server.client.clone(), &spec(&NAMES))
-        .await
-        .unwrap();
-    assert_eq!(
-        action,
-        CertAction::Kept,
-        "the loser re-reads and keeps the winner's certificate"
+    let outcome = reconcile(&server, &NAMES).await;
+    assert!(
+        outcome.changes.is_empty(),
+        "the loser plans again and keeps the winner's certificate: {:?}",
+        outcome.changes
     );
-    assert_eq!(bundle.ca_pem, winner.ca_pem);
+    assert_eq!(outcome.bundle, winner);
 
-    // A renewal that loses a race re-reads instead of overwriting.
+    // A renewal that loses a race plans again instead of overwriting.
     let mut more = NAMES.to_vec();
     more.push("extra.example.com");
     server.store().bump_on_update = true;
-    let (_, action) = registration::init_certs(server.client.clone(), &spec(&more))
-        .await
-        .unwrap();
-    assert!(matches!(action, CertAction::Renewed { .. }));
+    let renewed = reconcile(&server, &more).await;
+    assert_eq!(whats(&renewed), ["serving"]);
     let puts = server
         .store()
         .log
@@ -367,7 +352,8 @@ async fn an_immutable_secret_is_not_silently_kept_stale() {
         json!({"apiVersion": "v1", "kind": "Secret", "immutable": true, "data": {},
                "metadata": {"name": "secrets-webhook-tls", "namespace": "sw", "resourceVersion": "1"}}),
     );
-    let err = registration::init_certs(server.client.clone(), &spec(&NAMES))
+    let api = kube::Api::namespaced(server.client.clone(), "sw");
+    let err = secret::reconcile(&api, &spec(&NAMES), Trust::Never)
         .await
         .unwrap_err();
     assert!(

@@ -2,6 +2,7 @@
 //! that CA.
 #![allow(dead_code)]
 
+pub mod envtest;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -69,7 +70,7 @@ impl TestServer {
     pub async fn start(options: Options) -> Self {
         let cert_dir = tempfile::tempdir().unwrap();
         let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let bundle = certs::generate(&names, certs::Validity::default()).unwrap();
+        let bundle = certs::generate(&names, certs::Lifetimes::default()).unwrap();
         certs::write_dir(cert_dir.path(), &bundle).unwrap();
         let overrides = Overrides {
             global_secrets_dir: Some(fixtures().join("global-secrets")),

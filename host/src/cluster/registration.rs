@@ -1,34 +1,32 @@
-//! The webhook's life in a cluster: its certificate Secret (`init-certs`) and its
-//! MutatingWebhookConfiguration (`register`, `unregister`, and `serve` keeping it applied).
-//!
-//! Replicas share one Secret and converge on one CA: the Secret is created only if absent, and
-//! renewed with the resourceVersion it was read at, so of two racing writers one wins and the
-//! other re-reads. The MutatingWebhookConfiguration is written by server-side apply with field
-//! manager `secrets-webhook`, owned by labels rather than ownerReferences (Flyte #6692).
+//! The MutatingWebhookConfiguration: what it should be, applying it (server-side apply with
+//! field manager `secrets-webhook`, owned by labels rather than ownerReferences, Flyte #6692),
+//! noticing drift, and watching it so that a deleted or edited one is restored within seconds.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
     WebhookClientConfig,
 };
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
+use tokio::sync::mpsc;
 
-use crate::certs::{self, Bundle};
 use crate::health::Readiness;
-use crate::metrics::Metrics;
 
 pub const FIELD_MANAGER: &str = "secrets-webhook";
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "secrets-webhook");
+pub use crate::certs::secret::MANAGED_BY;
+
+/// The name of our one webhook inside the configuration.
+pub const WEBHOOK_NAME: &str = "secrets.secrets-webhook.flyte.org";
 
 /// Where the API server should send reviews, and how.
 #[derive(Debug, Clone)]
@@ -86,7 +84,7 @@ pub fn webhook_configuration(
         ..LabelSelector::default()
     };
     let webhook = MutatingWebhook {
-        name: "secrets.secrets-webhook.flyte.org".to_owned(),
+        name: WEBHOOK_NAME.to_owned(),
         admission_review_versions: vec!["v1".to_owned()],
         client_config,
         failure_policy: Some(target.failure_policy.clone()),
@@ -155,174 +153,121 @@ pub async fn unregister(client: kube::Client, name: &str) -> Result<bool> {
     }
 }
 
-/// What `init-certs` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertAction {
-    Created,
-    Kept,
-    Renewed { reason: String },
-}
-
-/// The certificate Secret.
-#[derive(Debug, Clone)]
-pub struct CertSecret {
-    pub namespace: String,
-    pub name: String,
-    /// Names the serving certificate must carry.
-    pub names: Vec<String>,
-    pub renew_before: time::Duration,
-}
-
-fn bundle_of(secret: &Secret) -> Bundle {
-    let field = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(key))
-            .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
-            .unwrap_or_default()
+/// Why `observed` is not what we apply (`desired`), or `None` when every field we set holds.
+/// Fields others add (API server defaults, other webhooks in the list) are not drift.
+pub fn drift(
+    observed: Option<&MutatingWebhookConfiguration>,
+    desired: &MutatingWebhookConfiguration,
+) -> Option<String> {
+    let Some(observed) = observed else {
+        return Some("it does not exist".to_owned());
     };
-    Bundle {
-        ca_pem: field(certs::CA_FILE),
-        cert_pem: field(certs::CERT_FILE),
-        key_pem: field(certs::KEY_FILE),
+    let observed = serde_json::to_value(observed).ok()?;
+    let desired = serde_json::to_value(desired).ok()?;
+    for field in ["labels", "annotations"] {
+        if let Some(path) = differs(&desired["metadata"][field], &observed["metadata"][field]) {
+            return Some(format!("metadata.{field}{path} changed"));
+        }
+    }
+    let ours = |config: &Value| {
+        config["webhooks"]
+            .as_array()
+            .and_then(|hooks| hooks.iter().find(|hook| hook["name"] == WEBHOOK_NAME))
+            .cloned()
+    };
+    let Some(observed_hook) = ours(&observed) else {
+        return Some(format!("webhook {WEBHOOK_NAME} is missing"));
+    };
+    let desired_hook = ours(&desired)?;
+    differs(&desired_hook, &observed_hook)
+        .map(|path| format!("webhooks[{WEBHOOK_NAME}]{path} changed"))
+}
+
+/// The first place where `observed` lacks or alters what `desired` holds, as a path.
+fn differs(desired: &Value, observed: &Value) -> Option<String> {
+    match (desired, observed) {
+        (Value::Null, _) => None,
+        (Value::Object(want), Value::Object(have)) => want.iter().find_map(|(key, value)| {
+            differs(value, have.get(key).unwrap_or(&Value::Null))
+                .map(|path| format!(".{key}{path}"))
+        }),
+        (Value::Array(want), Value::Array(have)) if want.len() == have.len() => want
+            .iter()
+            .zip(have)
+            .enumerate()
+            .find_map(|(at, (want, have))| differs(want, have).map(|path| format!("[{at}]{path}"))),
+        _ if desired == observed => None,
+        _ => Some(String::new()),
     }
 }
 
-fn data_of(bundle: &Bundle) -> BTreeMap<String, ByteString> {
-    BTreeMap::from([
-        (
-            certs::CA_FILE.to_owned(),
-            ByteString(bundle.ca_pem.clone().into_bytes()),
-        ),
-        (
-            certs::CERT_FILE.to_owned(),
-            ByteString(bundle.cert_pem.clone().into_bytes()),
-        ),
-        (
-            certs::KEY_FILE.to_owned(),
-            ByteString(bundle.key_pem.clone().into_bytes()),
-        ),
-    ])
-}
-
-/// Makes sure the Secret holds a valid bundle for `spec.names`: creates it if absent, renews it if
-/// it is incomplete, for other names, or near expiry, and otherwise leaves it alone.
-pub async fn init_certs(client: kube::Client, spec: &CertSecret) -> Result<(Bundle, CertAction)> {
-    let api: Api<Secret> = Api::namespaced(client, &spec.namespace);
-    let what = format!("Secret {}/{}", spec.namespace, spec.name);
-    // Each pass either finishes or lost a race and re-reads what the winner wrote.
-    for _ in 0..5 {
-        let existing = api
-            .get_opt(&spec.name)
-            .await
-            .with_context(|| format!("reading {what}"))?;
-        let Some(mut existing) = existing else {
-            let bundle = certs::renew(None, &spec.names, certs::Validity::default())?;
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(spec.name.clone()),
-                    namespace: Some(spec.namespace.clone()),
-                    labels: Some(BTreeMap::from([(
-                        MANAGED_BY.0.to_owned(),
-                        MANAGED_BY.1.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                },
-                type_: Some("Opaque".to_owned()),
-                data: Some(data_of(&bundle)),
-                ..Secret::default()
-            };
-            match api.create(&PostParams::default(), &secret).await {
-                Ok(_) => return Ok((bundle, CertAction::Created)),
-                Err(kube::Error::Api(status)) if status.is_already_exists() => continue,
-                Err(err) => return Err(err).with_context(|| format!("creating {what}")),
-            }
-        };
-        let old = bundle_of(&existing);
-        let Some(reason) = certs::renewal_reason(&old, &spec.names, spec.renew_before) else {
-            return Ok((old, CertAction::Kept));
-        };
-        if existing.immutable == Some(true) {
-            bail!(
-                "{what} must be renewed ({reason}) but is immutable; delete it and run init-certs again"
-            );
-        }
-        let bundle = certs::renew(Some(&old), &spec.names, certs::Validity::default())?;
-        existing.data = Some(data_of(&bundle));
-        existing.string_data = None;
-        // `replace` sends the resourceVersion we read: a concurrent writer makes this a Conflict.
-        match api
-            .replace(&spec.name, &PostParams::default(), &existing)
-            .await
-        {
-            Ok(_) => return Ok((bundle, CertAction::Renewed { reason })),
-            Err(kube::Error::Api(status)) if status.is_conflict() => continue,
-            Err(err) => return Err(err).with_context(|| format!("renewing {what}")),
-        }
-    }
-    bail!("{what} kept changing while init-certs tried to update it")
-}
-
-/// Keeps the configuration applied while `serve` runs: at start (readiness waits for it), again
-/// whenever `ca.crt` in `cert_dir` changes (a renewal), and every few minutes against drift.
-/// Failures are retried with backoff, logged at error level and counted.
-pub async fn keep_registered(
+/// Makes the configuration what it should be: applies it when absent or drifted, and says why
+/// (`None` when it was right).
+pub async fn reconcile(
     client: kube::Client,
-    target: WebhookTarget,
-    cert_dir: std::path::PathBuf,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-) {
-    const CHECK: Duration = Duration::from_secs(15);
-    const REAPPLY: Duration = Duration::from_secs(300);
-    let mut applied: Option<(Option<Vec<u8>>, std::time::Instant)> = None;
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let ca = match target.ca_injected_from {
-            Some(_) => None,
-            None => read_ca(&cert_dir),
-        };
-        let due = match &applied {
-            None => true,
-            Some((bundle, at)) => *bundle != ca || at.elapsed() >= REAPPLY,
-        };
-        if !due {
-            tokio::time::sleep(CHECK).await;
-            continue;
-        }
-        match register(client.clone(), &target, ca.as_deref()).await {
-            Ok(()) => {
-                if applied.is_none() {
-                    tracing::info!(name = target.name, "MutatingWebhookConfiguration applied");
-                }
-                applied = Some((ca, std::time::Instant::now()));
-                metrics.registration(true);
-                readiness.set_registered();
-                backoff = Duration::from_secs(1);
-            }
-            Err(err) => {
-                tracing::error!(
-                    name = target.name,
-                    error = format!("{err:#}"),
-                    retry_in = ?backoff,
-                    "registering the webhook failed; pods that ask for secrets may be created without them or be refused"
-                );
-                metrics.registration(false);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-        }
-    }
+    target: &WebhookTarget,
+    ca_bundle: Option<&[u8]>,
+) -> Result<Option<String>> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let observed = api
+        .get_opt(&target.name)
+        .await
+        .with_context(|| format!("reading MutatingWebhookConfiguration {}", target.name))?;
+    let desired = webhook_configuration(target, ca_bundle);
+    let Some(reason) = drift(observed.as_ref(), &desired) else {
+        return Ok(None);
+    };
+    register(client, target, ca_bundle).await?;
+    Ok(Some(reason))
 }
 
-fn read_ca(cert_dir: &Path) -> Option<Vec<u8>> {
-    match std::fs::read(cert_dir.join(certs::CA_FILE)) {
-        Ok(bytes) if !bytes.is_empty() => Some(bytes),
-        _ => {
-            tracing::warn!(dir = %cert_dir.display(), "no ca.crt: registering without a caBundle");
-            None
+/// The `caBundle` the configuration holds now, if any.
+pub async fn ca_bundle(client: kube::Client, name: &str) -> Result<Option<Vec<u8>>> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let observed = api
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading MutatingWebhookConfiguration {name}"))?;
+    Ok(observed
+        .and_then(|config| config.webhooks)
+        .and_then(|hooks| hooks.into_iter().find(|hook| hook.name == WEBHOOK_NAME))
+        .and_then(|hook| hook.client_config.ca_bundle)
+        .map(|bundle| bundle.0))
+}
+
+/// Watches the configuration until the process ends: every change wakes the controller (which,
+/// on the elected replica, restores drift), and readiness waits until our webhook is there.
+pub async fn watch(
+    client: kube::Client,
+    name: String,
+    readiness: Arc<Readiness>,
+    poke: mpsc::Sender<()>,
+) {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::InitApply(config) | watcher::Event::Apply(config)) => {
+                let ours = config
+                    .webhooks
+                    .iter()
+                    .flatten()
+                    .any(|hook| hook.name == WEBHOOK_NAME);
+                if ours {
+                    readiness.set_registered();
+                }
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                tracing::warn!(name, "the MutatingWebhookConfiguration was deleted");
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(name, error = %err, "watching the MutatingWebhookConfiguration");
+                continue;
+            }
         }
+        let _ = poke.try_send(());
     }
 }
 
@@ -401,6 +346,58 @@ mod tests {
         assert_eq!(
             mwc["webhooks"][0]["clientConfig"],
             serde_json::json!({"service": {"name": "secrets-webhook", "namespace": "sw", "path": "/mutate", "port": 443}})
+        );
+    }
+
+    #[test]
+    fn drift_is_what_we_set_and_nothing_else() {
+        let desired = webhook_configuration(&target(), Some(b"CA"));
+        assert_eq!(drift(None, &desired).as_deref(), Some("it does not exist"));
+        // The API server's defaults and other webhooks in the list are not drift.
+        let mut observed = serde_json::to_value(&desired).unwrap();
+        observed["metadata"]["resourceVersion"] = "7".into();
+        observed["webhooks"][0]["matchConditions"] = serde_json::json!([]);
+        observed["webhooks"][0]["rules"][0]["scope"] = "Namespaced".into();
+        let other = serde_json::json!({"name": "other.example.com", "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "clientConfig": {"url": "https://x"}});
+        observed["webhooks"].as_array_mut().unwrap().push(other);
+        let parse = |value: &Value| {
+            serde_json::from_value::<MutatingWebhookConfiguration>(value.clone()).unwrap()
+        };
+        assert_eq!(drift(Some(&parse(&observed)), &desired), None);
+
+        let mut edited = observed.clone();
+        edited["webhooks"][0]["clientConfig"]["caBundle"] = "T0xE".into();
+        assert_eq!(
+            drift(Some(&parse(&edited)), &desired).as_deref(),
+            Some("webhooks[secrets.secrets-webhook.flyte.org].clientConfig.caBundle changed")
+        );
+        let mut edited = observed.clone();
+        edited["webhooks"][0]["rules"][0]["operations"] = serde_json::json!(["CREATE", "UPDATE"]);
+        assert_eq!(
+            drift(Some(&parse(&edited)), &desired).as_deref(),
+            Some("webhooks[secrets.secrets-webhook.flyte.org].rules[0].operations changed")
+        );
+        let mut edited = observed.clone();
+        edited["webhooks"][0]["objectSelector"] = serde_json::json!({});
+        assert!(
+            drift(Some(&parse(&edited)), &desired)
+                .unwrap()
+                .contains("objectSelector.matchLabels")
+        );
+        let mut edited = observed.clone();
+        edited["metadata"]["labels"] = serde_json::json!({});
+        assert!(
+            drift(Some(&parse(&edited)), &desired)
+                .unwrap()
+                .starts_with("metadata.labels")
+        );
+        let mut edited = observed;
+        edited["webhooks"].as_array_mut().unwrap().remove(0);
+        assert!(
+            drift(Some(&parse(&edited)), &desired)
+                .unwrap()
+                .contains("is missing")
         );
     }
 }

@@ -1,0 +1,11 @@
+//! Certificates, so that nobody has to touch one: issued here ([`issue`]), planned ([`plan`]),
+//! kept in one Secret that racing writers converge on ([`secret`]), and followed by every
+//! replica through the API ([`follow`]) to swap what it serves without dropping a connection.
+
+mod follow;
+mod issue;
+pub mod plan;
+pub mod secret;
+
+pub use follow::{Followers, follow, initial};
+pub use issue::*;

@@ -1,0 +1,676 @@
+//! Certificates nobody touches, against a real kube-apiserver + etcd (envtest): `serve`
+//! replicas run as the webhook's ServiceAccount with deploy/base's RBAC, the API server calls
+//! them through a round-robin balancer (a stand-in for the Service), and pods are created
+//! through the API server while certificates and CAs renew.
+//!
+//! The rotation run lasts `ROTATION_SECONDS` (CI: 240); `host/benches/rotation.sh` runs it
+//! longer for humans.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::envtest::{ApiServer, free_port};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use secrets_webhook::certs::{self, Bundle, secret};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const NAMESPACE: &str = "secrets-webhook";
+const TASKS: &str = "tasks";
+const SECRET: &str = "secrets-webhook-tls";
+const CONFIGURATION: &str = "secrets-webhook";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:secrets-webhook:secrets-webhook";
+
+/// A cluster with the webhook's namespace, its RBAC and a task namespace, and a balancer in
+/// front of the replicas to come.
+struct Cluster {
+    api: ApiServer,
+    /// A kubeconfig that acts as the webhook's ServiceAccount.
+    as_webhook: PathBuf,
+    balancer: u16,
+    backends: Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl Cluster {
+    async fn start(test: &str) -> Option<Cluster> {
+        let api = ApiServer::start(test).await?;
+        api.create_namespace(NAMESPACE, &[]).await;
+        api.create_namespace(TASKS, &[]).await;
+        install_rbac(&api.client()).await;
+        let as_webhook = impersonating(&api, SERVICE_ACCOUNT);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let balancer = listener.local_addr().unwrap().port();
+        let backends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        tokio::spawn(balance(listener, backends.clone()));
+        Some(Cluster {
+            api,
+            as_webhook,
+            balancer,
+            backends,
+        })
+    }
+
+    fn client(&self) -> kube::Client {
+        self.api.client()
+    }
+
+    /// Starts a replica and puts it behind the balancer.
+    fn replica(&self, name: &str, extra: &[&str]) -> Replica {
+        let replica = Replica::start(self, name, extra);
+        self.backends.lock().unwrap().push(replica.port);
+        replica
+    }
+
+    async fn secret(&self) -> Option<Bundle> {
+        let api: Api<Secret> = Api::namespaced(self.client(), NAMESPACE);
+        secret::read(&api, SECRET).await.unwrap()
+    }
+
+    async fn configuration(&self) -> Option<MutatingWebhookConfiguration> {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client());
+        api.get_opt(CONFIGURATION).await.unwrap()
+    }
+
+    async fn ca_bundle(&self) -> Vec<u8> {
+        self.configuration()
+            .await
+            .and_then(|config| config.webhooks?.into_iter().next()?.client_config.ca_bundle)
+            .map(|bundle| bundle.0)
+            .unwrap_or_default()
+    }
+}
+
+/// The webhook's RBAC (deploy/base) and the optional init-certs Job's, as kustomize would place
+/// them in the webhook's namespace. ServiceAccounts are left out: impersonation needs none.
+async fn install_rbac(client: &kube::Client) {
+    for file in ["deploy/base/rbac.yaml", "deploy/components/init-certs/rbac.yaml"] {
+        install_roles(client, &std::fs::read_to_string(common::workspace().join(file)).unwrap())
+            .await;
+    }
+}
+
+async fn install_roles(client: &kube::Client, text: &str) {
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let mut object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+        if let Some(subjects) = object["subjects"].as_array_mut() {
+            for subject in subjects {
+                subject["namespace"] = NAMESPACE.into();
+            }
+        }
+        let post = PostParams::default();
+        match object["kind"].as_str().unwrap() {
+            "Role" => {
+                let api: Api<Role> = Api::namespaced(client.clone(), NAMESPACE);
+                api.create(&post, &serde_json::from_value(object).unwrap())
+                    .await
+                    .unwrap();
+            }
+            "RoleBinding" => {
+                let api: Api<RoleBinding> = Api::namespaced(client.clone(), NAMESPACE);
+                api.create(&post, &serde_json::from_value(object).unwrap())
+                    .await
+                    .unwrap();
+            }
+            "ClusterRole" => {
+                let api: Api<ClusterRole> = Api::all(client.clone());
+                api.create(&post, &serde_json::from_value(object).unwrap())
+                    .await
+                    .unwrap();
+            }
+            "ClusterRoleBinding" => {
+                let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+                api.create(&post, &serde_json::from_value(object).unwrap())
+                    .await
+                    .unwrap();
+            }
+            "ServiceAccount" => {}
+            other => panic!("unexpected {other} in an RBAC file"),
+        }
+    }
+}
+
+/// The admin kubeconfig, acting as `user`: the API server authorizes every request as that
+/// user, so RBAC is what a pod with that ServiceAccount would get.
+fn impersonating(api: &ApiServer, user: &str) -> PathBuf {
+    let text = std::fs::read_to_string(api.kubeconfig()).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    for entry in config["users"].as_sequence_mut().unwrap() {
+        entry["user"]["as"] = user.into();
+    }
+    let path = api
+        .dir()
+        .join(format!("kubeconfig-{}", user.replace(':', "-")));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// Round-robin over the backends, skipping one that refuses: what a Service does for the API
+/// server, which calls one URL.
+async fn balance(listener: TcpListener, backends: Arc<std::sync::Mutex<Vec<u16>>>) {
+    let next = AtomicUsize::new(0);
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        let ports = backends.lock().unwrap().clone();
+        let first = next.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            for at in 0..ports.len() {
+                let port = ports[(first + at) % ports.len()];
+                if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// One `secrets-webhook serve` process.
+struct Replica {
+    name: String,
+    child: Child,
+    port: u16,
+    metrics: u16,
+    log: PathBuf,
+}
+
+/// A minutes-long CA, a 90-second serving certificate renewed 45 s before its end.
+const SHORT_LIFETIMES: [&str; 6] = [
+    "--ca-validity",
+    "4m",
+    "--cert-validity",
+    "90s",
+    "--renew-before",
+    "45s",
+];
+
+impl Replica {
+    fn start(cluster: &Cluster, name: &str, extra: &[&str]) -> Replica {
+        let (port, metrics) = (free_port(), free_port());
+        let log = cluster.api.dir().join(format!("{name}.log"));
+        let url = format!("https://localhost:{}/mutate", cluster.balancer);
+        let child = Command::new(env!("CARGO_BIN_EXE_secrets-webhook"))
+            .args(["serve", "--namespace", NAMESPACE, "--webhook-url", &url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--ip-address", "127.0.0.1"])
+            .arg("--policy-cache-dir")
+            .arg(cluster.api.dir().join(format!("{name}-cache")))
+            .args(extra)
+            .env("KUBECONFIG", &cluster.as_webhook)
+            .env("POD_NAME", name)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Replica {
+            name: name.to_owned(),
+            child,
+            port,
+            metrics,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if get(self.metrics, "/readyz")
+                .await
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{} never became ready:\n{}", self.name, self.log());
+    }
+
+    async fn metrics(&self) -> String {
+        get(self.metrics, "/metrics").await.unwrap_or_default()
+    }
+
+    /// The leaf certificate this replica presents now (DER).
+    async fn served(&self) -> Option<Vec<u8>> {
+        served_certificate(self.port).await
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
+}
+
+/// Accepts any certificate: the test wants to see what is served, not to trust it.
+#[derive(Debug)]
+struct SeeAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for SeeAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn served_certificate(port: u16) -> Option<Vec<u8>> {
+    let provider = secrets_webhook::tls::provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SeeAnything(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.ok()?;
+    let (_, connection) = tls.get_ref();
+    Some(connection.peer_certificates()?.first()?.to_vec())
+}
+
+fn leaf_der(bundle: &Bundle) -> Vec<u8> {
+    certs::certificates(&bundle.cert_pem).remove(0).der
+}
+
+fn ca_ders(pem: &[u8]) -> Vec<Vec<u8>> {
+    certs::certificates(std::str::from_utf8(pem).unwrap())
+        .into_iter()
+        .map(|ca| ca.der)
+        .collect()
+}
+
+/// Creates one labelled pod through the API server; the stored pod must carry the injection.
+async fn create_pod(client: &kube::Client) -> Result<(), String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), TASKS);
+    let mut pod = common::labelled_pod();
+    pod["metadata"]["namespace"] = TASKS.into();
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    let stored = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .map_err(|err| err.to_string())?;
+    let env = stored.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    // The labelled pod asks for a file: the webhook mounts it and points the SDK at it.
+    match env.iter().any(|var| var.name == "FLYTE_SECRETS_DEFAULT_DIR") {
+        true => Ok(()),
+        false => Err(format!("stored unmutated: {env:?}")),
+    }
+}
+
+fn rotation_seconds() -> u64 {
+    std::env::var("ROTATION_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(240)
+}
+
+/// What the observer saw of one serving certificate.
+struct Generation {
+    leaf: Vec<u8>,
+    in_secret_at: Instant,
+    /// When each replica first served it.
+    served_at: Vec<Option<Instant>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_renew_certificates_while_pods_are_created() {
+    let Some(cluster) =
+        Cluster::start("two_replicas_renew_certificates_while_pods_are_created").await
+    else {
+        return;
+    };
+    let replicas = [
+        cluster.replica("replica-a", &SHORT_LIFETIMES),
+        cluster.replica("replica-b", &SHORT_LIFETIMES),
+    ];
+    for replica in &replicas {
+        replica.wait_ready().await;
+    }
+    let client = cluster.client();
+    let run = Duration::from_secs(rotation_seconds());
+    let started = Instant::now();
+
+    // Pods, continuously, from their own task.
+    let creator = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (mut created, mut failures) = (0usize, Vec::new());
+            while started.elapsed() < run {
+                match create_pod(&client).await {
+                    Ok(()) => created += 1,
+                    Err(err) => failures.push(format!("{:?}: {err}", started.elapsed())),
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (created, failures)
+        })
+    };
+
+    // The observer: the Secret, the configuration's caBundle, and what each replica serves.
+    let mut generations: Vec<Generation> = Vec::new();
+    let mut cas_seen: Vec<Vec<u8>> = Vec::new();
+    let mut most_cas_in_bundle = 0;
+    let mut untrusted: Vec<String> = Vec::new();
+    while started.elapsed() < run {
+        let bundle = cluster.secret().await.expect("the Secret exists");
+        let leaf = leaf_der(&bundle);
+        if generations.last().is_none_or(|last| last.leaf != leaf) {
+            generations.push(Generation {
+                leaf: leaf.clone(),
+                in_secret_at: Instant::now(),
+                served_at: vec![None; replicas.len()],
+            });
+        }
+        let trusted = ca_ders(&cluster.ca_bundle().await);
+        most_cas_in_bundle = most_cas_in_bundle.max(trusted.len());
+        for ca in &trusted {
+            if !cas_seen.contains(ca) {
+                cas_seen.push(ca.clone());
+            }
+        }
+        let current = generations.last_mut().unwrap();
+        for (at, replica) in replicas.iter().enumerate() {
+            let Some(served) = replica.served().await else {
+                continue;
+            };
+            if served == current.leaf && current.served_at[at].is_none() {
+                current.served_at[at] = Some(Instant::now());
+            }
+            // Whatever a replica serves, the API server must be able to verify.
+            let served = certs::certificates(&certs::certificate_pem(&served)).remove(0);
+            let verifiable = trusted.iter().any(|ca| {
+                served.signed_by(&certs::certificates(&certs::certificate_pem(ca)).remove(0))
+            });
+            if !verifiable {
+                untrusted.push(format!(
+                    "{:?}: {} serves {}",
+                    started.elapsed(),
+                    replica.name,
+                    served.serial
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (created, failures) = creator.await.unwrap();
+    let logs = || {
+        replicas
+            .iter()
+            .map(|r| format!("--- {}\n{}", r.name, r.log()))
+            .collect::<String>()
+    };
+
+    assert!(
+        failures.is_empty(),
+        "{} of {} creations failed: {failures:#?}\n{}",
+        failures.len(),
+        created + failures.len(),
+        logs()
+    );
+    assert!(created >= 100, "only {created} pods created");
+    assert!(
+        untrusted.is_empty(),
+        "served certificates the caBundle could not verify: {untrusted:#?}"
+    );
+    let renewals = generations.len() - 1;
+    assert!(
+        renewals >= 3,
+        "the serving certificate was renewed {renewals} times\n{}",
+        logs()
+    );
+    assert!(cas_seen.len() >= 2, "the CA was never replaced\n{}", logs());
+    assert!(
+        most_cas_in_bundle >= 2,
+        "the caBundle never held both CAs during a switch"
+    );
+    // Every generation but the newest (which may have just arrived) was served by both
+    // replicas, within seconds of reaching the Secret.
+    for generation in &generations[..generations.len() - 1] {
+        for (at, served_at) in generation.served_at.iter().enumerate() {
+            let lag = served_at
+                .map(|served| served.saturating_duration_since(generation.in_secret_at))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{} never served a renewed certificate\n{}",
+                        replicas[at].name,
+                        logs()
+                    )
+                });
+            assert!(
+                lag < Duration::from_secs(10),
+                "{} took {lag:?} to serve a renewal",
+                replicas[at].name
+            );
+        }
+    }
+    // One replica wrote; the metrics say what and the logs say who.
+    let mut serving_renewals = 0.0;
+    for replica in &replicas {
+        let metrics = replica.metrics().await;
+        serving_renewals += metric(
+            &metrics,
+            "secrets_webhook_cert_renewals_total{what=\"serving\",outcome=\"renewed\"}",
+        );
+        assert!(
+            metrics.contains("secrets_webhook_ca_expiry_timestamp_seconds{"),
+            "{metrics}"
+        );
+    }
+    assert!(serving_renewals >= 3.0, "{serving_renewals}");
+    let all = logs();
+    assert!(all.contains("certificate Secret renewed"), "{all}");
+    assert!(all.contains("identity=\"replica-"), "{all}");
+    eprintln!(
+        "rotation: {run:?}, {created} pods, {renewals} serving renewals, {} CAs, up to {most_cas_in_bundle} CAs in the caBundle",
+        cas_seen.len()
+    );
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_init_certs_and_serve_converge_on_one_ca() {
+    let Some(cluster) = Cluster::start("racing_init_certs_and_serve_converge_on_one_ca").await
+    else {
+        return;
+    };
+    // The init-certs Job's ServiceAccount, with its own Role.
+    let as_job = impersonating(
+        &cluster.api,
+        "system:serviceaccount:secrets-webhook:secrets-webhook-init-certs",
+    );
+    let replica = cluster.replica("replica-a", &[]);
+    let jobs: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_secrets-webhook"))
+                .args([
+                    "init-certs",
+                    "--namespace",
+                    NAMESPACE,
+                    "--ip-address",
+                    "127.0.0.1",
+                ])
+                .args([
+                    "--webhook-url",
+                    &format!("https://localhost:{}/mutate", cluster.balancer),
+                ])
+                .env("KUBECONFIG", &as_job)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for job in jobs {
+        let output = job.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "init-certs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    replica.wait_ready().await;
+    let bundle = cluster.secret().await.unwrap();
+    let cas = certs::certificates(&bundle.ca_pem);
+    assert_eq!(cas.len(), 1, "one CA, not one per writer");
+    let leaf = certs::certificates(&bundle.cert_pem).remove(0);
+    assert!(leaf.signed_by(&cas[0]));
+    assert_eq!(ca_ders(&cluster.ca_bundle().await), [cas[0].der.clone()]);
+    wait_for("the replica to serve the Secret's certificate", || async {
+        replica.served().await == Some(leaf.der.clone())
+    })
+    .await;
+    create_pod(&cluster.client()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_edited_configuration_is_restored_within_seconds() {
+    let Some(cluster) =
+        Cluster::start("a_deleted_or_edited_configuration_is_restored_within_seconds").await
+    else {
+        return;
+    };
+    let replica = cluster.replica("replica-a", &[]);
+    replica.wait_ready().await;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(cluster.client());
+    let ca = cluster.secret().await.unwrap().ca_pem.into_bytes();
+
+    api.delete(CONFIGURATION, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    wait_for("the configuration to come back", || async {
+        cluster.ca_bundle().await == ca
+    })
+    .await;
+    let restored_in = deleted.elapsed();
+
+    let edit = serde_json::json!([
+        {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": "Tk9UIEEgQ0E="},
+        {"op": "replace", "path": "/webhooks/0/rules/0/operations", "value": ["CREATE", "UPDATE"]},
+        {"op": "replace", "path": "/webhooks/0/objectSelector", "value": {}},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(edit).unwrap();
+    api.patch(
+        CONFIGURATION,
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .unwrap();
+    let edited = Instant::now();
+    wait_for("the edited configuration to be restored", || async {
+        let Some(config) = cluster.configuration().await else {
+            return false;
+        };
+        let hook = &config.webhooks.unwrap()[0];
+        hook.client_config.ca_bundle.as_ref().map(|b| b.0.clone()) == Some(ca.clone())
+            && hook.rules.as_ref().unwrap()[0].operations.as_deref()
+                == Some(&["CREATE".to_owned()][..])
+            && hook
+                .object_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .is_some()
+    })
+    .await;
+    let repaired_in = edited.elapsed();
+    assert!(restored_in < Duration::from_secs(10), "{restored_in:?}");
+    assert!(repaired_in < Duration::from_secs(10), "{repaired_in:?}");
+    create_pod(&cluster.client()).await.unwrap();
+    let log = replica.log();
+    assert!(log.contains("why=\"it does not exist\""), "{log}");
+    assert!(log.contains("caBundle changed"), "{log}");
+    eprintln!(
+        "configuration restored {restored_in:?} after deletion, {repaired_in:?} after an edit"
+    );
+}
+
+async fn wait_for<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
