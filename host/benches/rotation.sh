@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Certificate rotation for humans: the CI test (host/tests/certs_cluster.rs) for longer. Two `serve`
 # replicas against a real kube-apiserver + etcd, a 4-minute CA and a 90-second serving certificate,
-# pods created through the API server all along. CI runs 240 s; this defaults to 30 minutes (about
+# pods created through the API server all along. CI runs 200 s; this defaults to 30 minutes (about
 # 40 serving renewals and 15 CAs).
 #
 #   host/benches/rotation.sh [SECONDS]

@@ -15,6 +15,7 @@ pub mod patch;
 pub mod policy;
 pub mod reload;
 pub mod request_body;
+pub mod secrets;
 pub mod server;
 pub mod tls;
 pub mod watch;

@@ -3,7 +3,7 @@
 //! them through a round-robin balancer (a stand-in for the Service), and pods are created
 //! through the API server while certificates and CAs renew.
 //!
-//! The rotation run lasts `ROTATION_SECONDS` (CI: 240); `host/benches/rotation.sh` runs it
+//! The rotation run lasts `ROTATION_SECONDS` (CI: 200); `host/benches/rotation.sh` runs it
 //! longer for humans.
 
 mod common;
@@ -92,9 +92,15 @@ impl Cluster {
 /// The webhook's RBAC (deploy/base) and the optional init-certs Job's, as kustomize would place
 /// them in the webhook's namespace. ServiceAccounts are left out: impersonation needs none.
 async fn install_rbac(client: &kube::Client) {
-    for file in ["deploy/base/rbac.yaml", "deploy/components/init-certs/rbac.yaml"] {
-        install_roles(client, &std::fs::read_to_string(common::workspace().join(file)).unwrap())
-            .await;
+    for file in [
+        "deploy/base/rbac.yaml",
+        "deploy/components/init-certs/rbac.yaml",
+    ] {
+        install_roles(
+            client,
+            &std::fs::read_to_string(common::workspace().join(file)).unwrap(),
+        )
+        .await;
     }
 }
 
@@ -359,7 +365,10 @@ async fn create_pod(client: &kube::Client) -> Result<(), String> {
         .clone()
         .unwrap_or_default();
     // The labelled pod asks for a file: the webhook mounts it and points the SDK at it.
-    match env.iter().any(|var| var.name == "FLYTE_SECRETS_DEFAULT_DIR") {
+    match env
+        .iter()
+        .any(|var| var.name == "FLYTE_SECRETS_DEFAULT_DIR")
+    {
         true => Ok(()),
         false => Err(format!("stored unmutated: {env:?}")),
     }
@@ -369,7 +378,7 @@ fn rotation_seconds() -> u64 {
     std::env::var("ROTATION_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(240)
+        .unwrap_or(200)
 }
 
 /// What the observer saw of one serving certificate.

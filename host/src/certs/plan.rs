@@ -441,6 +441,10 @@ mod tests {
         // Woken then, the plan renews it.
         let later = now + wait;
         let step = plan(&bundle, &at(later, true, &names)).unwrap();
-        assert!(matches!(&step.changes[..], [Change::Serving { .. }]), "{:?}", step.changes);
+        assert!(
+            matches!(&step.changes[..], [Change::Serving { .. }]),
+            "{:?}",
+            step.changes
+        );
     }
 }

@@ -158,12 +158,13 @@ impl Controller {
                 .as_ref()
                 .map(|spec| spec.lifetimes)
                 .unwrap_or_default();
+            // Zero: nothing in the bundle is due any more, so only the tick wakes it.
             let deadline = certs::plan::next_deadline(&outcome.bundle, &lifetimes, now);
-            wait = wait.min(
-                Duration::try_from(deadline)
-                    .unwrap_or(TICK)
-                    .max(Duration::from_secs(1)),
-            );
+            if let Ok(deadline) = Duration::try_from(deadline)
+                && !deadline.is_zero()
+            {
+                wait = wait.min(deadline);
+            }
             match &outcome.waiting {
                 // The configuration now holds the new CA: let it sign.
                 Some(_) if restored.is_some() => continue,

@@ -1,0 +1,201 @@
+//! The Embedded manager's K8s backend against a real kube-apiserver + etcd (envtest): Flyte 2's
+//! source layout (a Secret named by the md5 of the secret id, in the source namespace), the
+//! project → domain → organization cascade, changes seen through the reflector, and the cache
+//! invalidation endpoint over HTTP.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::envtest::ApiServer;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use secrets_webhook::secrets::k8s::K8sBackend;
+use secrets_webhook::secrets::scope::{Scope, k8s_secret_name};
+use secrets_webhook::secrets::store::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SOURCE: &str = "flyte";
+
+fn scope() -> Scope {
+    Scope {
+        org: "acme".into(),
+        domain: "development".into(),
+        project: "ml".into(),
+    }
+}
+
+/// A source Secret as Flyte 2's secret service writes it.
+fn source(scope: &Scope, key: &str, value: &str) -> Secret {
+    let id = scope.secret_id(key);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(k8s_secret_name(&id)),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            id,
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Resolves `key` until `expected` comes back (the reflector sees a change within moments);
+/// returns how long that took.
+async fn wait_for_value(store: &Store, key: &str, expected: Option<&str>) -> Duration {
+    let started = Instant::now();
+    loop {
+        let value = store
+            .resolve(&scope(), key)
+            .await
+            .unwrap()
+            .map(|found| found.value);
+        if value.as_deref() == expected.map(str::as_bytes) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_k8s_backend_follows_its_namespace_through_the_cascade() {
+    let Some(api) =
+        ApiServer::start("the_k8s_backend_follows_its_namespace_through_the_cascade").await
+    else {
+        return;
+    };
+    api.create_namespace(SOURCE, &[]).await;
+    let secrets: Api<Secret> = Api::namespaced(api.client(), SOURCE);
+    let [project, domain, org] = scope().cascade();
+    let post = PostParams::default();
+    secrets
+        .create(&post, &source(&org, "db", "org value"))
+        .await
+        .unwrap();
+    secrets
+        .create(&post, &source(&project, "db", "project value"))
+        .await
+        .unwrap();
+
+    let (backend, follow) = K8sBackend::start(api.client(), SOURCE);
+    tokio::spawn(follow);
+    backend.ready().await.unwrap();
+    let store = Store::new(backend, None);
+    let found = store.resolve(&scope(), "db").await.unwrap().unwrap();
+    assert_eq!(
+        (found.scope, found.value),
+        (project.clone(), b"project value".to_vec())
+    );
+    assert_eq!(store.resolve(&scope(), "absent").await.unwrap(), None);
+
+    // A changed source reaches the next lookup.
+    secrets
+        .replace(
+            &k8s_secret_name(&project.secret_id("db")),
+            &post,
+            &source(&project, "db", "rotated"),
+        )
+        .await
+        .unwrap();
+    let changed_in = wait_for_value(&store, "db", Some("rotated")).await;
+    // A deleted project-scope source falls back to the organization's.
+    secrets
+        .delete(
+            &k8s_secret_name(&project.secret_id("db")),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    wait_for_value(&store, "db", Some("org value")).await;
+    // A domain-scope source now wins over the organization's.
+    secrets
+        .create(&post, &source(&domain, "db", "domain value"))
+        .await
+        .unwrap();
+    wait_for_value(&store, "db", Some("domain value")).await;
+
+    // A Secret of the right name without the id is an error, not a fall-through.
+    let mut wrong = source(&project, "db", "x");
+    wrong.data = Some(BTreeMap::from([(
+        "value".to_owned(),
+        ByteString(b"x".to_vec()),
+    )]));
+    secrets.create(&post, &wrong).await.unwrap();
+    let started = Instant::now();
+    let err = loop {
+        match store.resolve(&scope(), "db").await {
+            Err(err) => break err,
+            Ok(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Ok(found) => panic!("still {found:?}"),
+        }
+    };
+    assert!(
+        err.to_string().contains("holds no key u__org__acme"),
+        "{err}"
+    );
+    eprintln!("a changed source reached a lookup after {changed_in:?}");
+}
+
+async fn request(port: u16, method: &str, body: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let text = format!(
+        "{method} /invalidate-secret HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn the_invalidation_endpoint_speaks_flyte_2s_protocol() {
+    struct Nothing;
+    impl secrets_webhook::secrets::store::Backend for Nothing {
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> futures::future::BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
+            Box::pin(async { Ok(None) })
+        }
+    }
+    let store = Arc::new(Store::new(Arc::new(Nothing), Some(Duration::from_secs(60))));
+    let addr = secrets_webhook::secrets::invalidation::serve("127.0.0.1:0".parse().unwrap(), store)
+        .await
+        .unwrap();
+    let ok = r#"{"org":"acme","domain":"development","project":"ml","name":"db"}"#;
+    assert!(
+        request(addr.port(), "POST", ok)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        request(addr.port(), "GET", "")
+            .await
+            .starts_with("HTTP/1.1 405")
+    );
+    assert!(
+        request(addr.port(), "POST", "{")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    let unnamed = r#"{"org":"acme","domain":"development","project":"ml"}"#;
+    assert!(
+        request(addr.port(), "POST", unnamed)
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+}
