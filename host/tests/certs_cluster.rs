@@ -669,6 +669,83 @@ async fn a_deleted_or_edited_configuration_is_restored_within_seconds() {
     );
 }
 
+/// cert-manager's Secret as cert-manager writes it (no `ca.key`), for the external mode.
+fn issued_by_cert_manager(bundle: &Bundle) -> Secret {
+    use k8s_openapi::ByteString;
+    let data = [
+        ("ca.crt", &bundle.ca_pem),
+        ("tls.crt", &bundle.cert_pem),
+        ("tls.key", &bundle.key_pem),
+    ]
+    .into_iter()
+    .map(|(key, pem)| (key.to_owned(), ByteString(pem.clone().into_bytes())))
+    .collect();
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(SECRET.to_owned()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cert_manager_the_webhook_follows_and_never_writes() {
+    let Some(cluster) =
+        Cluster::start("with_cert_manager_the_webhook_follows_and_never_writes").await
+    else {
+        return;
+    };
+    let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let first = certs::generate(&names, certs::Lifetimes::default()).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), NAMESPACE);
+    secrets
+        .create(&PostParams::default(), &issued_by_cert_manager(&first))
+        .await
+        .unwrap();
+    let replica = cluster.replica(
+        "replica-a",
+        &["--ca-injected-from", "secrets-webhook/secrets-webhook"],
+    );
+    replica.wait_ready().await;
+    let config = cluster.configuration().await.unwrap();
+    assert_eq!(
+        config.metadata.annotations.unwrap()["cert-manager.io/inject-ca-from"],
+        "secrets-webhook/secrets-webhook"
+    );
+    assert_eq!(
+        cluster.ca_bundle().await,
+        b"",
+        "the caBundle is cainjector's"
+    );
+    assert_eq!(replica.served().await, Some(leaf_der(&first)));
+
+    // A renewal by cert-manager is served within seconds; the webhook writes nothing back.
+    let renewed = certs::generate(&names, certs::Lifetimes::default()).unwrap();
+    let written = secrets
+        .replace(SECRET, &PostParams::default(), &{
+            let mut secret = issued_by_cert_manager(&renewed);
+            secret.metadata.resource_version =
+                secrets.get(SECRET).await.unwrap().metadata.resource_version;
+            secret
+        })
+        .await
+        .unwrap();
+    wait_for("the replica to serve cert-manager's renewal", || async {
+        replica.served().await == Some(leaf_der(&renewed))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = secrets.get(SECRET).await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version, written.metadata.resource_version,
+        "the webhook wrote the Secret"
+    );
+    assert!(!now.data.unwrap().contains_key("ca.key"));
+}
+
 async fn wait_for<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
