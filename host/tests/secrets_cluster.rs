@@ -1,7 +1,8 @@
 //! The Embedded manager's K8s backend against a real kube-apiserver + etcd (envtest): Flyte 2's
 //! source layout (a Secret named by the md5 of the secret id, in the source namespace), the
-//! project → domain → organization cascade, changes seen through the reflector, and the cache
-//! invalidation endpoint over HTTP.
+//! project → domain → organization cascade, changes seen through the reflector, mirrors in task
+//! namespaces (written, following their source, swept), and the cache invalidation endpoint over
+//! HTTP.
 
 mod common;
 
@@ -11,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::envtest::ApiServer;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use secrets_webhook::secrets::k8s::K8sBackend;
+use secrets_webhook::secrets::mirror::{self, Mirror};
 use secrets_webhook::secrets::scope::{Scope, k8s_secret_name};
 use secrets_webhook::secrets::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,5 +200,125 @@ async fn the_invalidation_endpoint_speaks_flyte_2s_protocol() {
         request(addr.port(), "POST", unnamed)
             .await
             .starts_with("HTTP/1.1 400")
+    );
+}
+
+async fn mirror_value(api: &ApiServer, namespace: &str, id: &str) -> Option<Vec<u8>> {
+    let secrets: Api<Secret> = Api::namespaced(api.client(), namespace);
+    let found = secrets.get_opt(&mirror::name(id)).await.unwrap()?;
+    Some(found.data.unwrap()[mirror::VALUE_KEY].0.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_follow_their_source_and_unused_ones_are_swept() {
+    let Some(api) = ApiServer::start("mirrors_follow_their_source_and_unused_ones_are_swept").await
+    else {
+        return;
+    };
+    let client = api.client();
+    for namespace in ["ml-development", "ml-production"] {
+        api.create_namespace(namespace, &[]).await;
+    }
+    let [project, _, org] = scope().cascade();
+    let (db, token) = (project.secret_id("db"), org.secret_id("token"));
+    for (namespace, id, value) in [
+        ("ml-development", &db, "one"),
+        ("ml-production", &db, "one"),
+        ("ml-development", &token, "t"),
+    ] {
+        let mirror = Mirror {
+            namespace,
+            id,
+            value: value.as_bytes(),
+        };
+        mirror::apply(&client, &mirror).await.unwrap();
+    }
+    // Applying again is idempotent: one Secret per id and namespace.
+    let again = Mirror {
+        namespace: "ml-development",
+        id: &db,
+        value: b"one",
+    };
+    mirror::apply(&client, &again).await.unwrap();
+    assert_eq!(
+        mirror_value(&api, "ml-development", &db).await.as_deref(),
+        Some(&b"one"[..])
+    );
+
+    // A changed source updates its mirrors in every namespace, and only its own.
+    assert_eq!(
+        mirror::follow_source(&client, &db, Some(b"two"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        mirror::follow_source(&client, &db, Some(b"two"))
+            .await
+            .unwrap(),
+        0
+    );
+    for namespace in ["ml-development", "ml-production"] {
+        assert_eq!(
+            mirror_value(&api, namespace, &db).await.as_deref(),
+            Some(&b"two"[..])
+        );
+    }
+    assert_eq!(
+        mirror_value(&api, "ml-development", &token)
+            .await
+            .as_deref(),
+        Some(&b"t"[..])
+    );
+
+    // A pod refers to the db mirror; nothing refers to the token one.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "ml-development");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "task"},
+        "spec": {"containers": [{"name": "main", "image": "busybox", "env": [{"name": "_UNION_DB",
+            "valueFrom": {"secretKeyRef": {"name": mirror::name(&db), "key": mirror::VALUE_KEY}}}]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    // Within the grace period nothing goes; after it, only unreferenced mirrors do.
+    assert_eq!(
+        mirror::sweep(&client, Duration::from_secs(600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        mirror::sweep(&client, Duration::ZERO).await.unwrap(),
+        2,
+        "token here, db in production"
+    );
+    assert!(mirror_value(&api, "ml-development", &db).await.is_some());
+    assert!(mirror_value(&api, "ml-development", &token).await.is_none());
+    assert!(mirror_value(&api, "ml-production", &db).await.is_none());
+
+    // A deleted source takes its mirrors with it.
+    assert_eq!(mirror::follow_source(&client, &db, None).await.unwrap(), 1);
+    assert!(mirror_value(&api, "ml-development", &db).await.is_none());
+    // A Secret that is not a mirror is never touched, whatever its name.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "ml-development");
+    let own = Secret {
+        metadata: ObjectMeta {
+            name: Some(mirror::name(&token)),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    };
+    secrets.create(&PostParams::default(), &own).await.unwrap();
+    assert_eq!(mirror::sweep(&client, Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(
+        mirror::follow_source(&client, &token, None).await.unwrap(),
+        0
+    );
+    assert!(
+        secrets
+            .get_opt(&mirror::name(&token))
+            .await
+            .unwrap()
+            .is_some()
     );
 }

@@ -1,12 +1,14 @@
 //! Where Flyte 2's Embedded manager gets secret values. A secret is named by its scope
 //! (organization, domain, project) and key ([`scope`]); a [`store::Store`] looks it up project →
 //! domain → organization in a backend — a Kubernetes namespace followed by a reflector
-//! ([`k8s`]) — and drops cached values on Flyte 2's invalidation call ([`invalidation`]).
+//! ([`k8s`]) — and drops cached values on Flyte 2's invalidation call ([`invalidation`]). In
+//! Mirror mode the values reach pods through Secrets kept in their namespaces ([`mirror`]).
 //!
-//! The policy does not call it yet: the WIT capability, the mirrors in task namespaces and the
-//! cloud backends are the next steps of the Embedded manager.
+//! The policy does not call it yet: the WIT capability, the guest's Embedded manager and the
+//! cloud backends are the next steps.
 
 pub mod invalidation;
 pub mod k8s;
+pub mod mirror;
 pub mod scope;
 pub mod store;
