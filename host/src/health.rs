@@ -1,7 +1,6 @@
 //! Readiness, and the plain-HTTP port that serves `/metrics`, `/healthz` and `/readyz` to the
 //! kubelet and Prometheus without TLS.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +10,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -106,26 +103,9 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the metrics port {listen}"))?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            };
-            let (metrics, readiness, describe) =
-                (metrics.clone(), readiness.clone(), describe.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let response = answer(&request, &metrics, &readiness, &describe);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
+    crate::side_port::spawn(listener, move |request: Request<Incoming>| {
+        let response = answer(&request, &metrics, &readiness, &describe);
+        std::future::ready(response)
     });
     Ok(addr)
 }

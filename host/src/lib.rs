@@ -17,5 +17,6 @@ pub mod reload;
 pub mod request_body;
 pub mod secrets;
 pub mod server;
+pub mod side_port;
 pub mod tls;
 pub mod watch;

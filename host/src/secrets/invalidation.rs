@@ -3,7 +3,6 @@
 //! secret, so cached values of all three scopes go at once instead of at their TTL. Plain HTTP
 //! on `cacheInvalidationPort` (9444), as Flyte 2's webhook serves it.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,8 +11,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -74,24 +71,9 @@ pub async fn serve(addr: SocketAddr, store: Arc<Store>) -> Result<SocketAddr> {
         .await
         .with_context(|| format!("binding the cache invalidation port {addr}"))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let store = store.clone();
-            let service = service_fn(move |request: Request<Incoming>| {
-                let store = store.clone();
-                async move { Ok::<_, Infallible>(answer(&store, request).await) }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    crate::side_port::spawn(listener, move |request: Request<Incoming>| {
+        let store = store.clone();
+        async move { answer(&store, request).await }
     });
     Ok(bound)
 }
