@@ -547,14 +547,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let handle = server::spawn(config.listen, tls, app).await?;
     readiness.set_serving();
-    if let Some(cluster) = cluster {
-        cluster.launch();
-    }
+    let running = cluster.map(crate::cluster::Prepared::launch);
     tracing::info!(addr = %handle.local_addr(), "serving AdmissionReviews on /mutate and /mutate--v1-pod");
     stop_signal().await;
     tracing::info!("stopping: draining requests in flight");
     readiness.set_draining();
     handle.shutdown().await;
+    if let Some(running) = running {
+        running.stop().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::envtest::{ApiServer, free_port};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Api;
@@ -232,6 +233,16 @@ impl Replica {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as the kubelet stops a pod, and waits for the process to end.
+    fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = self.child.wait();
     }
 
     async fn wait_ready(&self) {
@@ -667,6 +678,56 @@ async fn a_deleted_or_edited_configuration_is_restored_within_seconds() {
     eprintln!(
         "configuration restored {restored_in:?} after deletion, {repaired_in:?} after an edit"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replica_takes_over_when_the_elected_one_stops() {
+    let Some(cluster) =
+        Cluster::start("another_replica_takes_over_when_the_elected_one_stops").await
+    else {
+        return;
+    };
+    let mut first = cluster.replica("replica-a", &[]);
+    first.wait_ready().await;
+    let second = cluster.replica("replica-b", &[]);
+    second.wait_ready().await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client(), NAMESPACE);
+    let holder = || async {
+        leases
+            .get("secrets-webhook-leader")
+            .await
+            .ok()
+            .and_then(|lease| lease.spec?.holder_identity)
+    };
+    assert_eq!(holder().await.as_deref(), Some("replica-a"));
+    first.terminate();
+    let stopped = Instant::now();
+    assert!(first.log().contains("left the election"), "{}", first.log());
+    let deadline = stopped + Duration::from_secs(30);
+    while holder().await.as_deref() != Some("replica-b") {
+        assert!(
+            Instant::now() < deadline,
+            "replica-b never took over\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = stopped.elapsed();
+    // The new holder does the work: a deleted configuration comes back.
+    let api: Api<MutatingWebhookConfiguration> = Api::all(cluster.client());
+    api.delete(CONFIGURATION, &DeleteParams::default())
+        .await
+        .unwrap();
+    let ca = cluster.secret().await.unwrap().ca_pem.into_bytes();
+    wait_for("the new holder to restore the configuration", || async {
+        cluster.ca_bundle().await == ca
+    })
+    .await;
+    assert!(
+        took <= Duration::from_secs(17),
+        "took {took:?}, the Lease lasts 15 s"
+    );
+    eprintln!("replica-b held the Lease {took:?} after replica-a stopped");
 }
 
 /// cert-manager's Secret as cert-manager writes it (no `ca.key`), for the external mode.

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube_lease_manager::LeaseManagerBuilder;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::registration::{self, WebhookTarget};
 use crate::certs::secret::{self, CertSecret, Outcome, Trust};
@@ -30,6 +30,9 @@ const UNSEEN_TRUST: time::Duration = time::Duration::minutes(2);
 /// A Lease holder renews every few seconds; another replica takes over after `LEASE` of silence.
 const LEASE_SECONDS: u64 = 15;
 const LEASE_GRACE_SECONDS: u64 = 5;
+
+/// The task that holds or waits for the Lease; it releases it when its receiver is dropped.
+type Lease = tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>;
 
 /// Where the `caBundle` comes from.
 pub enum CaSource {
@@ -55,9 +58,35 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Runs for the life of the process; `pokes` are the watches saying "something changed".
-    pub async fn run(self, mut pokes: mpsc::Receiver<()>) {
-        let mut leading = self.elect().await;
+    /// Runs until `stop`; `pokes` are the watches saying "something changed". On stop the
+    /// Lease is released: no replica waits for a holder that is gone (those already waiting
+    /// look again when the old term would have ended, at most `LEASE_SECONDS` later).
+    pub async fn run(self, pokes: mpsc::Receiver<()>, mut stop: oneshot::Receiver<()>) {
+        let (leading, lease) = tokio::select! {
+            elected = self.elect() => elected,
+            _ = &mut stop => return,
+        };
+        tokio::select! {
+            () = self.lead(leading, pokes) => {}
+            _ = stop => {}
+        }
+        // `lead` is gone and its receiver with it: the lease task releases the Lease and ends.
+        self.metrics.set_leader(false);
+        match tokio::time::timeout(Duration::from_secs(3), lease).await {
+            Ok(Ok(Ok(_))) => tracing::info!(identity = self.identity, "left the election"),
+            Ok(Ok(Err(err))) => {
+                tracing::warn!(identity = self.identity, error = %err, "releasing the Lease")
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(
+                    identity = self.identity,
+                    "the Lease was not released in time"
+                )
+            }
+        }
+    }
+
+    async fn lead(&self, mut leading: watch::Receiver<bool>, mut pokes: mpsc::Receiver<()>) {
         loop {
             while !*leading.borrow_and_update() {
                 tokio::select! {
@@ -102,7 +131,7 @@ impl Controller {
 
     /// Joins the election; the receiver says whether this replica leads. Creating the Lease
     /// is retried until it works: without it nothing is renewed, but serving goes on.
-    async fn elect(&self) -> watch::Receiver<bool> {
+    async fn elect(&self) -> (watch::Receiver<bool>, Lease) {
         let (namespace, name) = &self.lease;
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -116,7 +145,7 @@ impl Controller {
                 .build()
                 .await;
             match built {
-                Ok(manager) => return manager.watch().await.0,
+                Ok(manager) => return manager.watch().await,
                 Err(err) => {
                     tracing::error!(lease = name, namespace, error = %err, retry_in = ?backoff, "joining the election");
                     tokio::time::sleep(backoff).await;

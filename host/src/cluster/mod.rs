@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::certs::secret::CertSecret;
 use crate::certs::{self, Followers};
@@ -93,8 +93,26 @@ impl Setup {
     }
 }
 
+/// The watches and the controller, running; [`Running::stop`] releases the Lease.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    controller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the controller and waits (briefly) until it has left the election.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(controller) = self.controller.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
+        }
+    }
+}
+
 impl Prepared {
-    pub fn launch(self) {
+    pub fn launch(self) -> Running {
         let Prepared {
             setup,
             store,
@@ -128,7 +146,10 @@ impl Prepared {
         }
         let managed = matches!(setup.certs, Certs::Managed);
         if !managed && setup.target.is_none() {
-            return;
+            return Running {
+                stop: None,
+                controller: None,
+            };
         }
         let controller = Controller {
             client: setup.client,
@@ -139,6 +160,10 @@ impl Prepared {
             ca,
             metrics: setup.metrics,
         };
-        tokio::spawn(controller.run(pokes));
+        let (stop, stopped) = oneshot::channel();
+        Running {
+            stop: Some(stop),
+            controller: Some(tokio::spawn(controller.run(pokes, stopped))),
+        }
     }
 }
