@@ -22,7 +22,6 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use secrets_webhook::certs::{self, Bundle, secret};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const NAMESPACE: &str = "secrets-webhook";
@@ -248,7 +247,7 @@ impl Replica {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
-            if get(self.metrics, "/readyz")
+            if common::plain_http(self.metrics, "GET", "/readyz", "")
                 .await
                 .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
             {
@@ -260,7 +259,9 @@ impl Replica {
     }
 
     async fn metrics(&self) -> String {
-        get(self.metrics, "/metrics").await.unwrap_or_default()
+        common::plain_http(self.metrics, "GET", "/metrics", "")
+            .await
+            .unwrap_or_default()
     }
 
     /// The leaf certificate this replica presents now (DER).
@@ -274,15 +275,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response)
 }
 
 /// Accepts any certificate: the test wants to see what is served, not to trust it.

@@ -20,7 +20,6 @@ use secrets_webhook::secrets::k8s::K8sBackend;
 use secrets_webhook::secrets::mirror::{self, Mirror};
 use secrets_webhook::secrets::scope::{Scope, k8s_secret_name};
 use secrets_webhook::secrets::store::Store;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SOURCE: &str = "flyte";
 
@@ -151,17 +150,9 @@ async fn the_k8s_backend_follows_its_namespace_through_the_cascade() {
 }
 
 async fn request(port: u16, method: &str, body: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    common::plain_http(port, method, "/invalidate-secret", body)
         .await
-        .unwrap();
-    let text = format!(
-        "{method} /invalidate-secret HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(text.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
+        .expect("an answer")
 }
 
 #[tokio::test]

@@ -278,3 +278,18 @@ pub fn review_with(object: serde_json::Value) -> serde_json::Value {
 pub fn on_error_of(config: &Config) -> OnError {
     config.on_error
 }
+
+/// One plain-HTTP/1.1 request to a side port on loopback; the whole response as text, or
+/// `None` when nothing answers.
+pub async fn plain_http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
+}
