@@ -27,7 +27,8 @@ const TICK: Duration = Duration::from_secs(300);
 /// Without a webhook configuration of ours to look at, a new CA is trusted after this long in
 /// `ca.crt` (kubelet volume refreshes and outside tools catch up by then).
 const UNSEEN_TRUST: time::Duration = time::Duration::minutes(2);
-/// A Lease holder renews every few seconds; another replica takes over after `LEASE` of silence.
+/// A Lease holder renews every few seconds; another replica takes over after `LEASE_SECONDS` of
+/// silence.
 const LEASE_SECONDS: u64 = 15;
 const LEASE_GRACE_SECONDS: u64 = 5;
 
@@ -46,7 +47,7 @@ pub enum CaSource {
 
 pub struct Controller {
     pub client: kube::Client,
-    /// The Lease's namespace and name, and this replica's identity.
+    /// The Lease's namespace and name.
     pub lease: (String, String),
     pub identity: String,
     /// Set when this replica may renew the Secret (not when cert-manager or files own it).
