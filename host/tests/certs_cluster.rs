@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::envtest::{ApiServer, free_port};
+use common::envtest::ApiServer;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -64,8 +64,8 @@ impl Cluster {
     }
 
     /// Starts a replica and puts it behind the balancer.
-    fn replica(&self, name: &str, extra: &[&str]) -> Replica {
-        let replica = Replica::start(self, name, extra);
+    async fn replica(&self, name: &str, extra: &[&str]) -> Replica {
+        let replica = Replica::start(self, name, extra).await;
         self.backends.lock().unwrap().push(replica.port);
         replica
     }
@@ -201,14 +201,15 @@ const SHORT_LIFETIMES: [&str; 6] = [
 ];
 
 impl Replica {
-    fn start(cluster: &Cluster, name: &str, extra: &[&str]) -> Replica {
-        let (port, metrics) = (free_port(), free_port());
+    /// Starts `serve` on ports the system picks (a port probed free beforehand can be taken
+    /// by a parallel test before the replica binds it) and reads them from its log.
+    async fn start(cluster: &Cluster, name: &str, extra: &[&str]) -> Replica {
         let log = cluster.api.dir().join(format!("{name}.log"));
         let url = format!("https://localhost:{}/mutate", cluster.balancer);
+        let output = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_secrets-webhook"))
             .args(["serve", "--namespace", NAMESPACE, "--webhook-url", &url])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--ip-address", "127.0.0.1"])
             .arg("--policy-cache-dir")
             .arg(cluster.api.dir().join(format!("{name}-cache")))
@@ -217,16 +218,38 @@ impl Replica {
             .env("POD_NAME", name)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
             .spawn()
             .unwrap();
-        Replica {
+        let mut replica = Replica {
             name: name.to_owned(),
             child,
-            port,
-            metrics,
+            port: 0,
+            metrics: 0,
             log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = replica.log();
+            let port_of = |marker: &str| {
+                text.lines()
+                    .find(|line| line.contains(marker))
+                    .and_then(|line| line.rsplit(':').next())
+                    .and_then(|port| port.trim().parse::<u16>().ok())
+            };
+            if let (Some(port), Some(metrics)) = (
+                port_of("serving AdmissionReviews"),
+                port_of("over plain HTTP addr="),
+            ) {
+                (replica.port, replica.metrics) = (port, metrics);
+                return replica;
+            }
+            if let Ok(Some(status)) = replica.child.try_wait() {
+                panic!("{name} exited ({status}):\n{text}");
+            }
+            assert!(Instant::now() < deadline, "{name} never listened:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -400,8 +423,8 @@ async fn two_replicas_renew_certificates_while_pods_are_created() {
         return;
     };
     let replicas = [
-        cluster.replica("replica-a", &SHORT_LIFETIMES),
-        cluster.replica("replica-b", &SHORT_LIFETIMES),
+        cluster.replica("replica-a", &SHORT_LIFETIMES).await,
+        cluster.replica("replica-b", &SHORT_LIFETIMES).await,
     ];
     for replica in &replicas {
         replica.wait_ready().await;
@@ -564,7 +587,7 @@ async fn racing_init_certs_and_serve_converge_on_one_ca() {
         &cluster.api,
         "system:serviceaccount:secrets-webhook:secrets-webhook-init-certs",
     );
-    let replica = cluster.replica("replica-a", &[]);
+    // The jobs and the replica start together; the replica's start returns once it listens.
     let jobs: Vec<Child> = (0..3)
         .map(|_| {
             Command::new(env!("CARGO_BIN_EXE_secrets-webhook"))
@@ -587,6 +610,7 @@ async fn racing_init_certs_and_serve_converge_on_one_ca() {
                 .unwrap()
         })
         .collect();
+    let replica = cluster.replica("replica-a", &[]).await;
     for job in jobs {
         let output = job.wait_with_output().unwrap();
         assert!(
@@ -616,7 +640,7 @@ async fn a_deleted_or_edited_configuration_is_restored_within_seconds() {
     else {
         return;
     };
-    let replica = cluster.replica("replica-a", &[]);
+    let replica = cluster.replica("replica-a", &[]).await;
     replica.wait_ready().await;
     let api: Api<MutatingWebhookConfiguration> = Api::all(cluster.client());
     let ca = cluster.secret().await.unwrap().ca_pem.into_bytes();
@@ -679,9 +703,9 @@ async fn another_replica_takes_over_when_the_elected_one_stops() {
     else {
         return;
     };
-    let mut first = cluster.replica("replica-a", &[]);
+    let mut first = cluster.replica("replica-a", &[]).await;
     first.wait_ready().await;
-    let second = cluster.replica("replica-b", &[]);
+    let second = cluster.replica("replica-b", &[]).await;
     second.wait_ready().await;
     let leases: Api<Lease> = Api::namespaced(cluster.client(), NAMESPACE);
     let holder = || async {
@@ -758,10 +782,12 @@ async fn with_cert_manager_the_webhook_follows_and_never_writes() {
         .create(&PostParams::default(), &issued_by_cert_manager(&first))
         .await
         .unwrap();
-    let replica = cluster.replica(
-        "replica-a",
-        &["--ca-injected-from", "secrets-webhook/secrets-webhook"],
-    );
+    let replica = cluster
+        .replica(
+            "replica-a",
+            &["--ca-injected-from", "secrets-webhook/secrets-webhook"],
+        )
+        .await;
     replica.wait_ready().await;
     let config = cluster.configuration().await.unwrap();
     assert_eq!(
