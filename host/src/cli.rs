@@ -663,10 +663,12 @@ async fn init_certs(args: InitCertsArgs) -> Result<ExitCode> {
         .context("connecting to the Kubernetes API")?;
     // A new CA may sign once the webhook configuration trusts it; a Job that may not read the
     // configuration leaves that step to `serve`.
-    let trusted = registration::ca_bundle(client.clone(), &args.cluster.service_name)
+    let trusted = registration::observe(client.clone(), &args.cluster.service_name)
         .await
         .ok()
-        .flatten();
+        .flatten()
+        .as_ref()
+        .and_then(registration::ca_bundle_of);
     let trust = trusted.as_deref().map_or(Trust::Never, Trust::Bundle);
     let api = kube::Api::namespaced(client, &spec.namespace);
     let outcome = crate::certs::secret::reconcile(&api, &spec, trust).await?;

@@ -90,31 +90,31 @@ pub fn plan(current: &Bundle, request: &Request<'_>) -> Result<Plan> {
         });
     }
 
-    let signer_key = public_key_of(&current.ca_key_pem);
-    let signer_at = signer_key.and_then(|key| cas.iter().position(|ca| ca.public_key == key));
-    let ca_reason = match signer_at {
-        None if current.ca_key_pem.is_empty() => Some("there is no CA key".to_owned()),
-        None => Some("the CA key belongs to no valid CA in ca.crt".to_owned()),
+    // The signing CA stays (at its index in `cas`), or a new one replaces it, for a reason.
+    let signer_at = public_key_of(&current.ca_key_pem)
+        .and_then(|key| cas.iter().position(|ca| ca.public_key == key));
+    let kept = match signer_at {
+        None if current.ca_key_pem.is_empty() => Err("there is no CA key".to_owned()),
+        None => Err("the CA key belongs to no valid CA in ca.crt".to_owned()),
         Some(at)
             if cas[at].not_after - now < request.lifetimes.ca_renew_before().whole_seconds() =>
         {
-            Some(format!(
+            Err(format!(
                 "{} expires at {}",
                 cas[at].subject,
                 at_time(cas[at].not_after)
             ))
         }
-        Some(_) => None,
+        Some(at) => Ok(at),
     };
-    let (signer, signer_trusted) = match ca_reason {
-        Some(reason) => {
+    let (signer, signer_trusted) = match kept {
+        Err(reason) => {
             let ca = new_ca(request.lifetimes.ca, request.now)?;
             cas.insert(0, certificates(&ca.cert_pem).remove(0));
             changes.push(Change::NewCa { reason });
             (ca, false)
         }
-        None => {
-            let at = signer_at.unwrap_or_default();
+        Ok(at) => {
             let leader = cas.remove(at);
             cas.insert(0, leader);
             let ca = Ca {

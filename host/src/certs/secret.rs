@@ -15,12 +15,12 @@ use super::issue::{
     Bundle, CA_FILE, CA_KEY_FILE, CERT_FILE, KEY_FILE, Lifetimes, certificates, public_key_of,
 };
 use super::plan::{self, Change, Request};
+use crate::MANAGED_BY;
 
 /// Who wrote the Secret last (a pod name), for whoever wonders.
 pub const RENEWED_BY: &str = "secrets-webhook.flyte.org/renewed-by";
 /// When the signing CA joined the bundle (Unix seconds).
 pub const CA_ADDED_AT: &str = "secrets-webhook.flyte.org/ca-added-at";
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "secrets-webhook");
 
 /// The Secret and what must be in it.
 #[derive(Debug, Clone)]

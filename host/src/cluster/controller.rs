@@ -161,15 +161,23 @@ impl Controller {
     async fn pass(&self) -> Result<Duration> {
         let mut wait = TICK;
         for _ in 0..3 {
-            let observed = self.observed_ca_bundle().await?;
-            let outcome = self.renew(observed.as_deref()).await?;
+            // One read of the configuration a round: what it trusts, and whether it drifted.
+            let observed = match &self.target {
+                Some(target) => registration::observe(self.client.clone(), &target.name).await?,
+                None => None,
+            };
+            let trusted = observed.as_ref().and_then(registration::ca_bundle_of);
+            let outcome = self.renew(trusted.as_deref()).await?;
             let bundle = self.ca_bundle(outcome.as_ref());
             let restored = match &self.target {
-                Some(target) => {
-                    registration::reconcile(self.client.clone(), target, bundle.as_deref())
-                        .await
-                        .inspect_err(|_| self.metrics.registration(false))?
-                }
+                Some(target) => registration::reconcile(
+                    self.client.clone(),
+                    target,
+                    observed.as_ref(),
+                    bundle.as_deref(),
+                )
+                .await
+                .inspect_err(|_| self.metrics.registration(false))?,
                 None => None,
             };
             if let (Some(reason), Some(target)) = (&restored, &self.target) {
@@ -211,16 +219,6 @@ impl Controller {
             }
         }
         Ok(wait)
-    }
-
-    /// What the webhook configuration trusts now, when we keep it and its `caBundle`.
-    async fn observed_ca_bundle(&self) -> Result<Option<Vec<u8>>> {
-        match (&self.target, &self.ca) {
-            (Some(target), CaSource::Secret(_)) if self.secret.is_some() => {
-                registration::ca_bundle(self.client.clone(), &target.name).await
-            }
-            _ => Ok(None),
-        }
     }
 
     /// Renews the Secret when this replica owns it; logs and counts every change.

@@ -22,8 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::health::Readiness;
 
-pub const FIELD_MANAGER: &str = "secrets-webhook";
-pub use crate::certs::secret::MANAGED_BY;
+pub use crate::{FIELD_MANAGER, MANAGED_BY};
 
 /// The name of our one webhook inside the configuration.
 pub const WEBHOOK_NAME: &str = "secrets.secrets-webhook.flyte.org";
@@ -201,38 +200,42 @@ fn differs(desired: &Value, observed: &Value) -> Option<String> {
     }
 }
 
-/// Makes the configuration what it should be: applies it when absent or drifted, and says why
-/// (`None` when it was right).
+/// The configuration as the API server has it now, if any.
+pub async fn observe(
+    client: kube::Client,
+    name: &str,
+) -> Result<Option<MutatingWebhookConfiguration>> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    api.get_opt(name)
+        .await
+        .with_context(|| format!("reading MutatingWebhookConfiguration {name}"))
+}
+
+/// The `caBundle` of our webhook in `config`, if any.
+pub fn ca_bundle_of(config: &MutatingWebhookConfiguration) -> Option<Vec<u8>> {
+    config
+        .webhooks
+        .iter()
+        .flatten()
+        .find(|hook| hook.name == WEBHOOK_NAME)
+        .and_then(|hook| hook.client_config.ca_bundle.as_ref())
+        .map(|bundle| bundle.0.clone())
+}
+
+/// Makes the configuration what it should be, given what was `observed`: applies it when absent
+/// or drifted, and says why (`None` when it was right).
 pub async fn reconcile(
     client: kube::Client,
     target: &WebhookTarget,
+    observed: Option<&MutatingWebhookConfiguration>,
     ca_bundle: Option<&[u8]>,
 ) -> Result<Option<String>> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let observed = api
-        .get_opt(&target.name)
-        .await
-        .with_context(|| format!("reading MutatingWebhookConfiguration {}", target.name))?;
     let desired = webhook_configuration(target, ca_bundle);
-    let Some(reason) = drift(observed.as_ref(), &desired) else {
+    let Some(reason) = drift(observed, &desired) else {
         return Ok(None);
     };
     register(client, target, ca_bundle).await?;
     Ok(Some(reason))
-}
-
-/// The `caBundle` the configuration holds now, if any.
-pub async fn ca_bundle(client: kube::Client, name: &str) -> Result<Option<Vec<u8>>> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-    let observed = api
-        .get_opt(name)
-        .await
-        .with_context(|| format!("reading MutatingWebhookConfiguration {name}"))?;
-    Ok(observed
-        .and_then(|config| config.webhooks)
-        .and_then(|hooks| hooks.into_iter().find(|hook| hook.name == WEBHOOK_NAME))
-        .and_then(|hook| hook.client_config.ca_bundle)
-        .map(|bundle| bundle.0))
 }
 
 /// Watches the configuration until the process ends: every change wakes the controller (which,

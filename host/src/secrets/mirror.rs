@@ -14,7 +14,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::cluster::registration::{FIELD_MANAGER, MANAGED_BY};
+use crate::{FIELD_MANAGER, MANAGED_BY};
 
 /// Marks a Secret as a mirror; only such Secrets are ever updated or deleted here.
 pub const MIRROR_LABEL: (&str, &str) = ("secrets-webhook.flyte.org/mirror", "true");
