@@ -34,7 +34,7 @@ fn policies(c: &mut Criterion) {
         GlobalSecrets::default(),
     )
     .unwrap();
-    let native = Native::new("null", GlobalSecrets::default()).unwrap();
+    let native = Native::new("null", policy::Services::default()).unwrap();
     let implementations: [(&str, Arc<dyn Mutator>); 2] =
         [("wasm", Arc::new(wasm)), ("native", Arc::new(native))];
     let mut group = c.benchmark_group("mutate");

@@ -20,6 +20,7 @@ use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::policy::{self, Active, Runtime};
 use crate::reload::Reloader;
+use crate::secrets::embedded::Embedded;
 use crate::{certs, server, tls};
 
 #[derive(Parser)]
@@ -429,7 +430,12 @@ fn runtime(args: &PolicyArgs) -> Result<Runtime> {
 }
 
 /// Builds the policy in service from the flags and the configuration.
-fn activate(args: &PolicyArgs, config: &Config, runtime: &Runtime) -> Result<Arc<Active>> {
+fn activate(
+    args: &PolicyArgs,
+    config: &Config,
+    runtime: &Runtime,
+    embedded: Option<Arc<Embedded>>,
+) -> Result<Arc<Active>> {
     let compiled = match &args.policy {
         Some(path) => runtime.compile(&read_policy(path)?)?,
         None => runtime.compile(policy::EMBEDDED)?,
@@ -440,7 +446,21 @@ fn activate(args: &PolicyArgs, config: &Config, runtime: &Runtime) -> Result<Arc
         global_secrets = globals.len(),
         "policy ready"
     );
-    Ok(Arc::new(Active::new(compiled, &config.settings, globals)?))
+    let active = Active::new(compiled, &config.settings, globals)?;
+    Ok(Arc::new(active.with_embedded(embedded)))
+}
+
+/// The Embedded manager's store, when the settings use it. It needs an API server even in
+/// local mode: its values live in the cluster.
+async fn embedded(config: &Config) -> Result<Option<Arc<Embedded>>> {
+    let Some(embedded) = &config.embedded else {
+        return Ok(None);
+    };
+    let client = kube::Client::try_default().await.context(
+        "the Embedded manager reads secrets from the cluster: no Kubernetes API server found \
+         (in-cluster, KUBECONFIG or ~/.kube/config)",
+    )?;
+    Ok(Some(Embedded::start(client, embedded).await?))
 }
 
 /// Whether a Kubernetes API server can be found the usual ways: in-cluster, `KUBECONFIG`, or
@@ -474,7 +494,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(ca = %ca.display(), "local mode: no registration; clients should trust this CA");
     }
     let runtime = runtime(&args.policy)?;
-    let active = activate(&args.policy, &config, &runtime)?;
+    let embedded = embedded(&config).await?;
+    let active = activate(&args.policy, &config, &runtime, embedded.clone())?;
     let metrics = Arc::new(Metrics::default());
     metrics.policy_in_service(&active.digest());
     let registering = !local && !args.no_register;
@@ -517,7 +538,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         active.clone(),
         config.global_secrets.clone(),
     ));
-    let reloader = Reloader::new(
+    let mut reloader = Reloader::new(
         runtime,
         active.clone(),
         args.policy.policy.clone(),
@@ -525,12 +546,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
         overrides,
         metrics.clone(),
     );
+    reloader.embedded = config.embedded.clone();
     tokio::spawn(Arc::new(reloader).run(Duration::from_secs(args.reload_poll_seconds.max(1))));
 
     let mutator: Arc<dyn admission::Mutator> = if args.native_policy {
         tracing::warn!("--native-policy: the library runs unsandboxed; for benchmarks only");
-        let globals = GlobalSecrets::load(&config.global_secrets)?;
-        Arc::new(policy::Native::new(&config.settings, globals)?)
+        let services = policy::Services {
+            globals: Arc::new(GlobalSecrets::load(&config.global_secrets)?),
+            embedded,
+        };
+        Arc::new(policy::Native::new(&config.settings, services)?)
     } else {
         active
     };
@@ -827,7 +852,8 @@ fn mutate(args: MutateArgs) -> Result<ExitCode> {
         .pointer("/request/object")
         .cloned()
         .unwrap_or(Value::Null);
-    let active = activate(&args.policy, &config, &runtime(&args.policy)?)?;
+    // Offline: no store, so the Embedded manager refuses every secret it is asked for.
+    let active = activate(&args.policy, &config, &runtime(&args.policy)?, None)?;
     let reply = policy::block_on(admission::review(
         &serde_json::to_vec(&review)?,
         active.as_ref(),

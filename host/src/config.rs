@@ -55,6 +55,45 @@ struct HostKeys {
     on_error: Option<OnError>,
     max_request_bytes: Option<usize>,
     namespace_selector: Option<LabelSelector>,
+    cache_invalidation_port: Option<u16>,
+    embedded_secret_manager_config: EmbeddedKeys,
+}
+
+/// The keys of `embeddedSecretManagerConfig` that say where values live (the policy reads the
+/// rest).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct EmbeddedKeys {
+    #[serde(rename = "type")]
+    store: Option<StoreType>,
+    k8s_config: K8sKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct K8sKeys {
+    namespace: Option<String>,
+}
+
+/// Where the Embedded manager's values live (Flyte 2's `embeddedSecretManagerConfig.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum StoreType {
+    K8s,
+    #[serde(rename = "AWS")]
+    Aws,
+    #[serde(rename = "GCP")]
+    Gcp,
+    Azure,
+}
+
+/// What the host needs to serve Flyte 2's Embedded manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedConfig {
+    pub store: StoreType,
+    /// The K8s store's namespace (Flyte 2's `k8sConfig.namespace`, default `flyte`).
+    pub k8s_namespace: String,
+    /// Flyte 2's `cacheInvalidationPort` (default 9444); `None` when 0 turns it off.
+    pub invalidation_port: Option<u16>,
 }
 
 /// Everything `serve` and `mutate` need, after the file and the flags are merged.
@@ -70,6 +109,8 @@ pub struct Config {
     /// Which namespaces the webhook serves (Flyte's `namespaceSelector`), besides the built-in
     /// exclusion of its own namespace and kube-system.
     pub namespace_selector: Option<LabelSelector>,
+    /// Set when the settings send secrets to the Embedded manager.
+    pub embedded: Option<EmbeddedConfig>,
 }
 
 /// Flag values; `None` means "not given", so the file or the default applies.
@@ -102,6 +143,7 @@ impl Config {
         } else {
             serde_json::from_value(webhook.clone()).context("reading the webhook: section")?
         };
+        let embedded = embedded_config(&webhook, &host)?;
         let default_cert_dir = if flags.local {
             LOCAL_CERT_DIR
         } else {
@@ -124,6 +166,7 @@ impl Config {
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
             settings: serde_json::to_string(&webhook)?,
             namespace_selector: host.namespace_selector,
+            embedded,
             global_secrets: global_secrets::Source {
                 env_prefix: file.secrets.env_prefix,
                 dir: Some(
@@ -135,6 +178,30 @@ impl Config {
             },
         })
     }
+}
+
+/// The Embedded manager's store, when the settings (as the policy library reads them) use it.
+fn embedded_config(webhook: &serde_json::Value, host: &HostKeys) -> Result<Option<EmbeddedConfig>> {
+    let uses = webhook.is_object()
+        && secrets_policy::Settings::from_json(&webhook.to_string())
+            .is_ok_and(|settings| settings.uses_embedded());
+    if !uses {
+        return Ok(None);
+    }
+    let keys = &host.embedded_secret_manager_config;
+    Ok(Some(EmbeddedConfig {
+        store: keys.store.unwrap_or(StoreType::K8s),
+        k8s_namespace: keys
+            .k8s_config
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "flyte".to_owned()),
+        invalidation_port: match host.cache_invalidation_port {
+            Some(0) => None,
+            Some(port) => Some(port),
+            None => Some(9444),
+        },
+    }))
 }
 
 #[cfg(test)]
@@ -183,6 +250,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(local.cert_dir, Path::new(LOCAL_CERT_DIR));
+    }
+
+    #[test]
+    fn embedded_store_settings_take_flyte_2s_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "webhook:\n  secretManagerTypes: [Embedded]\n").unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.embedded,
+            Some(EmbeddedConfig {
+                store: StoreType::K8s,
+                k8s_namespace: "flyte".to_owned(),
+                invalidation_port: Some(9444),
+            })
+        );
+        std::fs::write(
+            &path,
+            "webhook:\n  secretManagerType: Embedded\n  cacheInvalidationPort: 0\n  \
+             embeddedSecretManagerConfig:\n    type: AWS\n    k8sConfig:\n      namespace: s\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        let embedded = config.embedded.unwrap();
+        assert_eq!(
+            (embedded.store, embedded.invalidation_port),
+            (StoreType::Aws, None)
+        );
+        assert_eq!(embedded.k8s_namespace, "s");
+        std::fs::write(&path, "webhook:\n  secretManagerType: K8s\n").unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.embedded, None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ struct ManagerLabels {
 
 /// The `manager` label values: the managers our policy knows, lower-cased. A policy's other
 /// names count as "other", so a custom policy cannot grow the label set without bound.
-const MANAGERS: [&str; 6] = ["global", "k8s", "vault", "aws", "gcp", "azure"];
+const MANAGERS: [&str; 7] = ["global", "k8s", "vault", "aws", "gcp", "azure", "embedded"];
 
 fn manager_label(name: &str) -> &'static str {
     MANAGERS
@@ -269,7 +269,7 @@ mod tests {
         metrics.injected("Vault");
         metrics.injected("vault");
         metrics.injected("Global");
-        metrics.injected("Embedded");
+        metrics.injected("Keychain");
         metrics.reload(false);
         metrics.policy_in_service("abc");
         metrics.policy_in_service("def");
@@ -299,6 +299,7 @@ mod tests {
             "secrets_webhook_injections_total{manager=\"global\"} 1",
             "secrets_webhook_injections_total{manager=\"other\"} 1",
             "secrets_webhook_injections_total{manager=\"azure\"} 0",
+            "secrets_webhook_injections_total{manager=\"embedded\"} 0",
             "secrets_webhook_policy_reloads_total{result=\"rejected\"} 1",
             "secrets_webhook_policy_info{digest=\"def\"} 1",
             "secrets_webhook_cert_expiry_timestamp_seconds 1900000000",

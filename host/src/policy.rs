@@ -3,8 +3,10 @@
 //! One [`Engine`] compiles components off the request path into a [`Policy`] holding a
 //! pre-instantiated component. Each request gets a fresh [`Store`] (nothing leaks between pods),
 //! capped in memory, with an epoch deadline: a trap, a loop or a memory bomb becomes a
-//! [`PolicyFailure`], never a crash. The policy gets one capability, the global-secret lookup;
-//! every other import (the WASI interfaces Rust's std links) traps if called.
+//! [`PolicyFailure`], never a crash. The policy gets three capabilities: the global-secret
+//! lookup, and for Flyte 2's Embedded manager the secret store and namespace labels; every other
+//! import (the WASI interfaces Rust's std links) traps if called. Mirrors a patch refers to are
+//! written here, after the call and before the answer, only with values the policy looked up.
 //!
 //! Calls are async and run on the caller's task: a review costs tens of microseconds, less than
 //! handing it to another thread and back, and a guest that runs long yields to the executor at
@@ -25,11 +27,13 @@ use wasmtime::{
 };
 
 use crate::global_secrets::GlobalSecrets;
+use crate::secrets::embedded::Embedded;
 
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "mutation",
+        imports: { "secrets-webhook:policy/secret-store.lookup": async },
         exports: { default: async },
     });
 }
@@ -37,7 +41,9 @@ mod bindings {
 pub use bindings::secrets_webhook::policy::types::{Denied, Injection, Outcome, Patched, Review};
 
 /// The world this host speaks, for messages.
-pub const WORLD: &str = "secrets-webhook:policy/mutation@0.2.0";
+pub const WORLD: &str = "secrets-webhook:policy/mutation@0.3.0";
+/// The interface a policy exports, whose version says which world it was built for.
+const POLICY_INTERFACE: &str = "secrets-webhook:policy/policy@";
 
 /// The policy built from `guest/` and embedded in this binary.
 pub const EMBEDDED: &[u8] = include_bytes!(env!("SECRETS_WEBHOOK_EMBEDDED_POLICY"));
@@ -87,6 +93,8 @@ pub enum PolicyFailure {
         bytes: usize,
         limit: usize,
     },
+    #[error("writing the pod's mirror Secrets failed: {reason}")]
+    Mirrors { reason: String },
 }
 
 /// The wasm engine shared by every policy, with its epoch ticker.
@@ -151,16 +159,22 @@ impl Runtime {
         let mut linker = Linker::<GuestState>::new(&self.engine);
         bindings::Mutation::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         linker.define_unknown_imports_as_traps(&component)?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(bindings::MutationPre::new)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("policy {short} does not implement world {WORLD}"))?;
-        let exports = component
+        let exports: Vec<String> = component
             .component_type()
             .exports(&self.engine)
             .map(|(name, _)| name.to_owned())
             .collect();
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(bindings::MutationPre::new)
+            .map_err(anyhow::Error::from)
+            .map_err(|err| match other_world(&exports) {
+                Some(version) => err.context(format!(
+                    "policy {short} was built for secrets-webhook:policy/mutation@{version}; \
+                     this host runs {WORLD}: rebuild the policy against this release's wit/"
+                )),
+                None => err.context(format!("policy {short} does not implement world {WORLD}")),
+            })?;
         Ok(Policy {
             runtime: self.clone(),
             pre,
@@ -206,6 +220,15 @@ impl Runtime {
     }
 }
 
+/// The world version a component's exports were built for, when it is not ours.
+fn other_world(exports: &[String]) -> Option<&str> {
+    let ours = WORLD.rsplit_once('@').map(|(_, version)| version);
+    exports
+        .iter()
+        .find_map(|name| name.strip_prefix(POLICY_INTERFACE))
+        .filter(|version| Some(*version) != ours)
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -248,10 +271,80 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Per-request state: the memory cap and the global secrets snapshot.
+/// What the host offers a policy: global secrets, and the Embedded manager's store when the
+/// settings use it.
+#[derive(Clone, Default)]
+pub struct Services {
+    pub globals: Arc<GlobalSecrets>,
+    pub embedded: Option<Arc<Embedded>>,
+}
+
+/// Per-request state: the memory cap, the services, and what the policy looked up.
 struct GuestState {
     cap: MemoryCap,
-    globals: Arc<GlobalSecrets>,
+    services: Services,
+    /// Values the policy was given, by secret id: the only ones it may have mirrored.
+    looked_up: Lookups,
+}
+
+/// Secret values handed to the policy in one call. Never printed.
+#[derive(Default)]
+pub struct Lookups(std::collections::HashMap<String, Vec<u8>>);
+
+impl Lookups {
+    fn record(&mut self, id: &str, value: &Result<Option<Vec<u8>>, String>) {
+        if let Ok(Some(value)) = value {
+            self.0.insert(id.to_owned(), value.clone());
+        }
+    }
+
+    /// The mirrors `outcome` asks for, with their values, unless it names one the policy never
+    /// looked up (a policy asks for what it resolved, nothing else).
+    fn mirrors(&self, outcome: &Outcome) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let Outcome::Patched(patched) = outcome else {
+            return Ok(Vec::new());
+        };
+        patched
+            .mirrors
+            .iter()
+            .map(|id| match self.0.get(id) {
+                Some(value) => Ok((id.clone(), value.clone())),
+                None => Err(format!(
+                    "asks for a mirror of {id:?}, which it did not look up"
+                )),
+            })
+            .collect()
+    }
+}
+
+/// Writes the mirrors `outcome` relies on, before the pod is admitted; nothing on a dry run.
+async fn write_mirrors(
+    review: &Review,
+    outcome: &Outcome,
+    looked_up: &Lookups,
+    services: &Services,
+    digest: &str,
+) -> Result<(), PolicyFailure> {
+    let mirrors = looked_up
+        .mirrors(outcome)
+        .map_err(|reason| PolicyFailure::Error {
+            digest: digest.to_owned(),
+            reason,
+        })?;
+    if mirrors.is_empty() || review.dry_run {
+        return Ok(());
+    }
+    let Some(embedded) = &services.embedded else {
+        return Err(PolicyFailure::Mirrors {
+            reason: "this host has no secret store".to_owned(),
+        });
+    };
+    embedded
+        .write_mirrors(&review.namespace, &mirrors)
+        .await
+        .map_err(|err| PolicyFailure::Mirrors {
+            reason: format!("{err:#}"),
+        })
 }
 
 /// Refuses growth past the limit and remembers that it did: the guest's allocator then aborts
@@ -292,7 +385,30 @@ impl bindings::secrets_webhook::policy::types::Host for GuestState {}
 
 impl bindings::secrets_webhook::policy::global_secrets::Host for GuestState {
     fn lookup(&mut self, group: String, key: String) -> Option<String> {
-        self.globals.lookup(&group, &key).map(str::to_owned)
+        self.services
+            .globals
+            .lookup(&group, &key)
+            .map(str::to_owned)
+    }
+}
+
+impl bindings::secrets_webhook::policy::secret_store::Host for GuestState {
+    async fn lookup(&mut self, secret_id: String) -> Result<Option<Vec<u8>>, String> {
+        let Some(embedded) = self.services.embedded.clone() else {
+            return Err("this host has no secret store for the Embedded manager".to_owned());
+        };
+        let value = embedded.lookup(&secret_id).await;
+        self.looked_up.record(&secret_id, &value);
+        value
+    }
+}
+
+impl bindings::secrets_webhook::policy::cluster::Host for GuestState {
+    fn namespace_labels(&mut self, name: String) -> Result<Option<Vec<(String, String)>>, String> {
+        match &self.services.embedded {
+            Some(embedded) => embedded.namespace_labels(&name),
+            None => Err("this host does not follow namespaces".to_owned()),
+        }
     }
 }
 
@@ -319,14 +435,15 @@ impl Policy {
         self.digest[..12].to_owned()
     }
 
-    fn store(&self, globals: Arc<GlobalSecrets>) -> Store<GuestState> {
+    fn store(&self, services: Services) -> Store<GuestState> {
         let limits = self.runtime.limits;
         let state = GuestState {
             cap: MemoryCap {
                 limit: limits.memory_bytes,
                 hit: false,
             },
-            globals,
+            services,
+            looked_up: Lookups::default(),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| &mut state.cap);
@@ -349,7 +466,7 @@ impl Policy {
     /// Checks settings with the policy's own `validate-settings`. Off the request path: waits on
     /// this thread.
     pub fn validate_settings(&self, settings: &str) -> Result<()> {
-        let mut store = self.store(Arc::default());
+        let mut store = self.store(Services::default());
         let result = block_on(async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -366,14 +483,15 @@ impl Policy {
         })
     }
 
-    /// Runs `mutate` on one review in a fresh instance. Dropping the future ends the call.
+    /// Runs `mutate` on one review in a fresh instance, then writes the mirrors its patch
+    /// relies on. Dropping the future ends the call.
     pub async fn mutate(
         &self,
         settings: &str,
         review: &Review,
-        globals: Arc<GlobalSecrets>,
+        services: Services,
     ) -> Result<Outcome, PolicyFailure> {
-        let mut store = self.store(globals);
+        let mut store = self.store(services);
         let called = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -394,6 +512,9 @@ impl Policy {
                 limit: MAX_OUTPUT_BYTES,
             });
         }
+        let state = store.data();
+        let digest = self.short_digest();
+        write_mirrors(review, &outcome, &state.looked_up, &state.services, &digest).await?;
         Ok(outcome)
     }
 
@@ -428,6 +549,7 @@ fn output_bytes(outcome: &Outcome) -> usize {
             let injections = patched.injections.iter();
             string(&patched.patch)
                 + strings(&patched.warnings)
+                + strings(&patched.mirrors)
                 + injections
                     .map(|i| string(&i.group) + string(&i.key) + string(&i.manager))
                     .sum::<usize>()
@@ -461,6 +583,7 @@ pub struct Serving {
 pub struct Active {
     serving: arc_swap::ArcSwap<Serving>,
     globals: arc_swap::ArcSwap<GlobalSecrets>,
+    embedded: Option<Arc<Embedded>>,
 }
 
 impl Active {
@@ -473,7 +596,14 @@ impl Active {
                 settings: settings.into(),
             }),
             globals: arc_swap::ArcSwap::from_pointee(globals),
+            embedded: None,
         })
+    }
+
+    /// Gives the policy the Embedded manager's store.
+    pub fn with_embedded(mut self, embedded: Option<Arc<Embedded>>) -> Self {
+        self.embedded = embedded;
+        self
     }
 
     /// The digest of the policy in service.
@@ -506,7 +636,7 @@ impl Active {
 /// path: waits on this thread.
 pub fn admit(policy: &Policy, settings: &str) -> Result<()> {
     policy.validate_settings(settings)?;
-    block_on(policy.mutate(settings, &probe_review(), Arc::default()))
+    block_on(policy.mutate(settings, &probe_review(), Services::default()))
         .map_err(anyhow::Error::from)
         .context("the policy failed its self-check")?;
     Ok(())
@@ -516,10 +646,13 @@ impl crate::admission::Mutator for Active {
     fn mutate<'a>(&'a self, review: &'a Review) -> crate::admission::Mutation<'a> {
         Box::pin(async move {
             let serving = self.serving.load_full();
-            let globals = self.globals.load_full();
+            let services = Services {
+                globals: self.globals.load_full(),
+                embedded: self.embedded.clone(),
+            };
             serving
                 .policy
-                .mutate(&serving.settings, review, globals)
+                .mutate(&serving.settings, review, services)
                 .await
         })
     }
@@ -549,31 +682,76 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// component against (`serve --native-policy`). Same settings, same global secrets.
 pub struct Native {
     settings: secrets_policy::Settings,
-    globals: Arc<GlobalSecrets>,
+    services: Services,
 }
 
 impl Native {
-    pub fn new(settings: &str, globals: GlobalSecrets) -> Result<Self> {
+    pub fn new(settings: &str, services: Services) -> Result<Self> {
         Ok(Self {
             settings: secrets_policy::Settings::from_json(settings).map_err(anyhow::Error::msg)?,
-            globals: Arc::new(globals),
+            services,
         })
     }
 }
 
-struct NativeGlobals<'a>(&'a GlobalSecrets);
+/// The services as the library asks for them, recording lookups as the component's imports do.
+struct NativeHost<'a> {
+    services: &'a Services,
+    looked_up: std::cell::RefCell<Lookups>,
+}
 
-impl secrets_policy::GlobalSecrets for NativeGlobals<'_> {
+impl secrets_policy::GlobalSecrets for NativeHost<'_> {
     fn lookup(&self, group: &str, key: &str) -> Option<String> {
-        self.0.lookup(group, key).map(str::to_owned)
+        self.services.globals.lookup(group, key).map(str::to_owned)
+    }
+}
+
+impl secrets_policy::SecretStore for NativeHost<'_> {
+    fn lookup(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        let Some(embedded) = &self.services.embedded else {
+            return Err("this host has no secret store for the Embedded manager".to_owned());
+        };
+        // The K8s store answers from memory, so this does not wait; benchmarks only.
+        let value = block_on(embedded.lookup(id));
+        self.looked_up.borrow_mut().record(id, &value);
+        value
+    }
+}
+
+impl secrets_policy::Namespaces for NativeHost<'_> {
+    fn labels(&self, name: &str) -> Result<Option<Vec<(String, String)>>, String> {
+        match &self.services.embedded {
+            Some(embedded) => embedded.namespace_labels(name),
+            None => Err("this host does not follow namespaces".to_owned()),
+        }
     }
 }
 
 impl crate::admission::Mutator for Native {
     fn mutate<'a>(&'a self, review: &'a Review) -> crate::admission::Mutation<'a> {
-        let globals = NativeGlobals(&self.globals);
-        let outcome = secrets_policy::mutate_json(&self.settings, &review.object, &globals);
-        Box::pin(std::future::ready(Ok(outcome_of(outcome))))
+        let host = NativeHost {
+            services: &self.services,
+            looked_up: Default::default(),
+        };
+        let admission = secrets_policy::Admission {
+            namespace: &review.namespace,
+        };
+        let library = secrets_policy::Host {
+            globals: &host,
+            store: &host,
+            namespaces: &host,
+        };
+        let outcome = outcome_of(secrets_policy::mutate_review(
+            &self.settings,
+            &admission,
+            &review.object,
+            library,
+        ));
+        let looked_up = host.looked_up.into_inner();
+        Box::pin(async move {
+            write_mirrors(review, &outcome, &looked_up, &self.services, "native").await?;
+            Ok(outcome)
+        })
     }
 }
 
@@ -593,6 +771,7 @@ pub fn outcome_of(outcome: secrets_policy::Outcome) -> Outcome {
                     manager: injection.manager.name().to_owned(),
                 })
                 .collect(),
+            mirrors: patched.mirrors,
         }),
         secrets_policy::Outcome::Denied(denial) => Outcome::Denied(Denied {
             code: denial.code,

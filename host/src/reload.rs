@@ -25,6 +25,8 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// The (digest, settings) last rejected, so a bad file is reported once, not every poll.
     rejected: Mutex<Option<(String, String)>>,
+    /// The Embedded manager's store as started: it is not swapped at runtime.
+    pub embedded: Option<crate::config::EmbeddedConfig>,
 }
 
 /// What one reload attempt did.
@@ -51,12 +53,21 @@ impl Reloader {
             overrides,
             metrics,
             rejected: Mutex::new(None),
+            embedded: None,
         }
     }
 
     /// Reads the files and swaps if they changed and pass. Blocking: compiles.
     pub fn reload(&self) -> Result<Reloaded> {
-        let settings = Config::load(self.config.as_deref(), &self.overrides)?.settings;
+        let config = Config::load(self.config.as_deref(), &self.overrides)?;
+        if config.embedded != self.embedded {
+            anyhow::bail!(
+                "the Embedded manager's store settings changed (secretManagerTypes, \
+                 embeddedSecretManagerConfig.type or k8sConfig, cacheInvalidationPort): \
+                 restart the webhook to apply them"
+            );
+        }
+        let settings = config.settings;
         let wasm = match &self.policy {
             Some(path) => {
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?

@@ -11,24 +11,21 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::envtest::ApiServer;
+use common::replica::{NAMESPACE, Replica, SERVICE_ACCOUNT, balance, impersonating, install_rbac};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use secrets_webhook::certs::{self, Bundle, secret};
 use tokio::net::{TcpListener, TcpStream};
 
-const NAMESPACE: &str = "secrets-webhook";
 const TASKS: &str = "tasks";
 const SECRET: &str = "secrets-webhook-tls";
 const CONFIGURATION: &str = "secrets-webhook";
-const SERVICE_ACCOUNT: &str = "system:serviceaccount:secrets-webhook:secrets-webhook";
 
 /// A cluster with the webhook's namespace, its RBAC and a task namespace, and a balancer in
 /// front of the replicas to come.
@@ -45,7 +42,14 @@ impl Cluster {
         let api = ApiServer::start(test).await?;
         api.create_namespace(NAMESPACE, &[]).await;
         api.create_namespace(TASKS, &[]).await;
-        install_rbac(&api.client()).await;
+        install_rbac(
+            &api.client(),
+            &[
+                "deploy/base/rbac.yaml",
+                "deploy/components/init-certs/rbac.yaml",
+            ],
+        )
+        .await;
         let as_webhook = impersonating(&api, SERVICE_ACCOUNT);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let balancer = listener.local_addr().unwrap().port();
@@ -65,7 +69,9 @@ impl Cluster {
 
     /// Starts a replica and puts it behind the balancer.
     async fn replica(&self, name: &str, extra: &[&str]) -> Replica {
-        let replica = Replica::start(self, name, extra).await;
+        let url = format!("https://localhost:{}/mutate", self.balancer);
+        let dir = self.api.dir();
+        let replica = Replica::start(dir, &self.as_webhook, &url, name, extra).await;
         self.backends.lock().unwrap().push(replica.port);
         replica
     }
@@ -89,107 +95,6 @@ impl Cluster {
     }
 }
 
-/// The webhook's RBAC (deploy/base) and the optional init-certs Job's, as kustomize would place
-/// them in the webhook's namespace. ServiceAccounts are left out: impersonation needs none.
-async fn install_rbac(client: &kube::Client) {
-    for file in [
-        "deploy/base/rbac.yaml",
-        "deploy/components/init-certs/rbac.yaml",
-    ] {
-        install_roles(
-            client,
-            &std::fs::read_to_string(common::workspace().join(file)).unwrap(),
-        )
-        .await;
-    }
-}
-
-async fn install_roles(client: &kube::Client, text: &str) {
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let mut object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
-        if let Some(subjects) = object["subjects"].as_array_mut() {
-            for subject in subjects {
-                subject["namespace"] = NAMESPACE.into();
-            }
-        }
-        let post = PostParams::default();
-        match object["kind"].as_str().unwrap() {
-            "Role" => {
-                let api: Api<Role> = Api::namespaced(client.clone(), NAMESPACE);
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
-            }
-            "RoleBinding" => {
-                let api: Api<RoleBinding> = Api::namespaced(client.clone(), NAMESPACE);
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
-            }
-            "ClusterRole" => {
-                let api: Api<ClusterRole> = Api::all(client.clone());
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
-            }
-            "ClusterRoleBinding" => {
-                let api: Api<ClusterRoleBinding> = Api::all(client.clone());
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
-            }
-            "ServiceAccount" => {}
-            other => panic!("unexpected {other} in an RBAC file"),
-        }
-    }
-}
-
-/// The admin kubeconfig, acting as `user`: the API server authorizes every request as that
-/// user, so RBAC is what a pod with that ServiceAccount would get.
-fn impersonating(api: &ApiServer, user: &str) -> PathBuf {
-    let text = std::fs::read_to_string(api.kubeconfig()).unwrap();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    for entry in config["users"].as_sequence_mut().unwrap() {
-        entry["user"]["as"] = user.into();
-    }
-    let path = api
-        .dir()
-        .join(format!("kubeconfig-{}", user.replace(':', "-")));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
-}
-
-/// Round-robin over the backends, skipping one that refuses: what a Service does for the API
-/// server, which calls one URL.
-async fn balance(listener: TcpListener, backends: Arc<std::sync::Mutex<Vec<u16>>>) {
-    let next = AtomicUsize::new(0);
-    loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
-            return;
-        };
-        let ports = backends.lock().unwrap().clone();
-        let first = next.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            for at in 0..ports.len() {
-                let port = ports[(first + at) % ports.len()];
-                if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", port)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    return;
-                }
-            }
-        });
-    }
-}
-
-/// One `secrets-webhook serve` process.
-struct Replica {
-    name: String,
-    child: Child,
-    port: u16,
-    metrics: u16,
-    log: PathBuf,
-}
-
 /// A minutes-long CA, a 90-second serving certificate renewed 45 s before its end.
 const SHORT_LIFETIMES: [&str; 6] = [
     "--ca-validity",
@@ -199,106 +104,6 @@ const SHORT_LIFETIMES: [&str; 6] = [
     "--renew-before",
     "45s",
 ];
-
-impl Replica {
-    /// Starts `serve` on ports the system picks (a port probed free beforehand can be taken
-    /// by a parallel test before the replica binds it) and reads them from its log.
-    async fn start(cluster: &Cluster, name: &str, extra: &[&str]) -> Replica {
-        let log = cluster.api.dir().join(format!("{name}.log"));
-        let url = format!("https://localhost:{}/mutate", cluster.balancer);
-        let output = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_secrets-webhook"))
-            .args(["serve", "--namespace", NAMESPACE, "--webhook-url", &url])
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--ip-address", "127.0.0.1"])
-            .arg("--policy-cache-dir")
-            .arg(cluster.api.dir().join(format!("{name}-cache")))
-            .args(extra)
-            .env("KUBECONFIG", &cluster.as_webhook)
-            .env("POD_NAME", name)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap();
-        let mut replica = Replica {
-            name: name.to_owned(),
-            child,
-            port: 0,
-            metrics: 0,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let text = replica.log();
-            let port_of = |marker: &str| {
-                text.lines()
-                    .find(|line| line.contains(marker))
-                    .and_then(|line| line.rsplit(':').next())
-                    .and_then(|port| port.trim().parse::<u16>().ok())
-            };
-            if let (Some(port), Some(metrics)) = (
-                port_of("serving AdmissionReviews"),
-                port_of("over plain HTTP addr="),
-            ) {
-                (replica.port, replica.metrics) = (port, metrics);
-                return replica;
-            }
-            if let Ok(Some(status)) = replica.child.try_wait() {
-                panic!("{name} exited ({status}):\n{text}");
-            }
-            assert!(Instant::now() < deadline, "{name} never listened:\n{text}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, as the kubelet stops a pod, and waits for the process to end.
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let _ = self.child.wait();
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if common::plain_http(self.metrics, "GET", "/readyz", "")
-                .await
-                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("{} never became ready:\n{}", self.name, self.log());
-    }
-
-    async fn metrics(&self) -> String {
-        common::plain_http(self.metrics, "GET", "/metrics", "")
-            .await
-            .unwrap_or_default()
-    }
-
-    /// The leaf certificate this replica presents now (DER).
-    async fn served(&self) -> Option<Vec<u8>> {
-        served_certificate(self.port).await
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Accepts any certificate: the test wants to see what is served, not to trust it.
 #[derive(Debug)]
@@ -473,7 +278,7 @@ async fn two_replicas_renew_certificates_while_pods_are_created() {
         }
         let current = generations.last_mut().unwrap();
         for (at, replica) in replicas.iter().enumerate() {
-            let Some(served) = replica.served().await else {
+            let Some(served) = served_certificate(replica.port).await else {
                 continue;
             };
             if served == current.leaf && current.served_at[at].is_none() {
@@ -627,7 +432,7 @@ async fn racing_init_certs_and_serve_converge_on_one_ca() {
     assert!(leaf.signed_by(&cas[0]));
     assert_eq!(ca_ders(&cluster.ca_bundle().await), [cas[0].der.clone()]);
     wait_for("the replica to serve the Secret's certificate", || async {
-        replica.served().await == Some(leaf.der.clone())
+        served_certificate(replica.port).await == Some(leaf.der.clone())
     })
     .await;
     create_pod(&cluster.client()).await.unwrap();
@@ -799,7 +604,10 @@ async fn with_cert_manager_the_webhook_follows_and_never_writes() {
         b"",
         "the caBundle is cainjector's"
     );
-    assert_eq!(replica.served().await, Some(leaf_der(&first)));
+    assert_eq!(
+        served_certificate(replica.port).await,
+        Some(leaf_der(&first))
+    );
 
     // A renewal by cert-manager is served within seconds; the webhook writes nothing back.
     let renewed = certs::generate(&names, certs::Lifetimes::default()).unwrap();
@@ -813,7 +621,7 @@ async fn with_cert_manager_the_webhook_follows_and_never_writes() {
         .await
         .unwrap();
     wait_for("the replica to serve cert-manager's renewal", || async {
-        replica.served().await == Some(leaf_der(&renewed))
+        served_certificate(replica.port).await == Some(leaf_der(&renewed))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

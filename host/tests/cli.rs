@@ -136,8 +136,19 @@ fn policy_export_and_check() {
         None,
     ));
     assert!(
-        checked.starts_with("ok: ") && checked.contains("secrets-webhook:policy/mutation@0.2.0"),
+        checked.starts_with("ok: ") && checked.contains(secrets_webhook::policy::WORLD),
         "{checked}"
+    );
+
+    // A policy built for the previous world is refused, naming both.
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/world-0.2.0.wasm");
+    let output = webhook(&["policy", "check", old.to_str().unwrap()], None);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("built for secrets-webhook:policy/mutation@0.2.0")
+            && stderr.contains("this host runs secrets-webhook:policy/mutation@0.3.0"),
+        "{stderr}"
     );
 
     let broken = dir.path().join("broken.wasm");

@@ -251,7 +251,18 @@ fn components_of_other_worlds_are_refused_clearly() {
     let empty_component = b"\0asm\x0d\x00\x01\x00";
     let err = format!("{:#}", runtime.compile(empty_component).err().unwrap());
     assert!(
-        err.contains("does not implement world secrets-webhook:policy/mutation@0.2.0"),
+        err.contains(&format!(
+            "does not implement world {}",
+            secrets_webhook::policy::WORLD
+        )),
+        "{err}"
+    );
+    // A policy of the previous world: named, with what to do.
+    let old = std::fs::read(common::workspace().join("host/tests/data/world-0.2.0.wasm")).unwrap();
+    let err = format!("{:#}", runtime.compile(&old).err().unwrap());
+    assert!(
+        err.contains("was built for secrets-webhook:policy/mutation@0.2.0")
+            && err.contains("rebuild the policy"),
         "{err}"
     );
     // A core module (what Kubewarden runs) is not a component.

@@ -88,7 +88,7 @@ async fn the_k8s_backend_follows_its_namespace_through_the_cascade() {
         .await
         .unwrap();
 
-    let (backend, follow) = K8sBackend::start(api.client(), SOURCE);
+    let (backend, follow) = K8sBackend::start(api.client(), SOURCE, |_| {});
     tokio::spawn(follow);
     backend.ready().await.unwrap();
     let store = Store::new(backend, None);
@@ -210,6 +210,9 @@ async fn mirrors_follow_their_source_and_unused_ones_are_swept() {
     for namespace in ["ml-development", "ml-production"] {
         api.create_namespace(namespace, &[]).await;
     }
+    let namespaces: Vec<String> = ["ml-development", "ml-production", "default"]
+        .map(str::to_owned)
+        .to_vec();
     let [project, _, org] = scope().cascade();
     let (db, token) = (project.secret_id("db"), org.secret_id("token"));
     for (namespace, id, value) in [
@@ -238,13 +241,13 @@ async fn mirrors_follow_their_source_and_unused_ones_are_swept() {
 
     // A changed source updates its mirrors in every namespace, and only its own.
     assert_eq!(
-        mirror::follow_source(&client, &db, Some(b"two"))
+        mirror::follow_source(&client, &namespaces, &db, Some(b"two"))
             .await
             .unwrap(),
         2
     );
     assert_eq!(
-        mirror::follow_source(&client, &db, Some(b"two"))
+        mirror::follow_source(&client, &namespaces, &db, Some(b"two"))
             .await
             .unwrap(),
         0
@@ -288,7 +291,12 @@ async fn mirrors_follow_their_source_and_unused_ones_are_swept() {
     assert!(mirror_value(&api, "ml-production", &db).await.is_none());
 
     // A deleted source takes its mirrors with it.
-    assert_eq!(mirror::follow_source(&client, &db, None).await.unwrap(), 1);
+    assert_eq!(
+        mirror::follow_source(&client, &namespaces, &db, None)
+            .await
+            .unwrap(),
+        1
+    );
     assert!(mirror_value(&api, "ml-development", &db).await.is_none());
     // A Secret that is not a mirror is never touched, whatever its name.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "ml-development");
@@ -302,7 +310,9 @@ async fn mirrors_follow_their_source_and_unused_ones_are_swept() {
     secrets.create(&PostParams::default(), &own).await.unwrap();
     assert_eq!(mirror::sweep(&client, Duration::ZERO).await.unwrap(), 0);
     assert_eq!(
-        mirror::follow_source(&client, &token, None).await.unwrap(),
+        mirror::follow_source(&client, &namespaces, &token, None)
+            .await
+            .unwrap(),
         0
     );
     assert!(

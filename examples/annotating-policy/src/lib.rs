@@ -63,6 +63,7 @@ impl Guest for Annotating {
                         patch,
                         warnings: Vec::new(),
                         injections: Vec::new(),
+                        mirrors: Vec::new(),
                     })
                 }
             },

@@ -2,7 +2,7 @@
 //! Only translation lives here; every decision is the library's.
 #![cfg(target_arch = "wasm32")]
 
-use secrets_policy::{Outcome, Settings};
+use secrets_policy::{Admission, Host, Outcome, Settings};
 
 mod allocator;
 
@@ -15,16 +15,29 @@ wit_bindgen::generate!({
 });
 
 use exports::secrets_webhook::policy::policy::Guest;
-use secrets_webhook::policy::global_secrets;
 use secrets_webhook::policy::types::{self, Review};
+use secrets_webhook::policy::{cluster, global_secrets, secret_store};
 
 struct Policy;
 
-struct HostGlobals;
+/// The host's capabilities, as the library asks for them.
+struct Imports;
 
-impl secrets_policy::GlobalSecrets for HostGlobals {
+impl secrets_policy::GlobalSecrets for Imports {
     fn lookup(&self, group: &str, key: &str) -> Option<String> {
         global_secrets::lookup(group, key)
+    }
+}
+
+impl secrets_policy::SecretStore for Imports {
+    fn lookup(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        secret_store::lookup(id)
+    }
+}
+
+impl secrets_policy::Namespaces for Imports {
+    fn labels(&self, name: &str) -> Result<Option<Vec<(String, String)>>, String> {
+        cluster::namespace_labels(name)
     }
 }
 
@@ -35,8 +48,16 @@ impl Guest for Policy {
 
     fn mutate(settings: String, review: Review) -> Result<types::Outcome, String> {
         let settings = Settings::from_json(&settings)?;
+        let admission = Admission {
+            namespace: &review.namespace,
+        };
+        let host = Host {
+            globals: &Imports,
+            store: &Imports,
+            namespaces: &Imports,
+        };
         Ok(
-            match secrets_policy::mutate_json(&settings, &review.object, &HostGlobals) {
+            match secrets_policy::mutate_review(&settings, &admission, &review.object, host) {
                 Outcome::Unchanged => types::Outcome::Unchanged(Vec::new()),
                 Outcome::Patched(patched) => types::Outcome::Patched(types::Patched {
                     patch: patched.patch,
@@ -50,6 +71,7 @@ impl Guest for Policy {
                             manager: injection.manager.name().to_owned(),
                         })
                         .collect(),
+                    mirrors: patched.mirrors,
                 }),
                 Outcome::Denied(denial) => types::Outcome::Denied(types::Denied {
                     code: denial.code,

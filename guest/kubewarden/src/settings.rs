@@ -46,6 +46,17 @@ impl PolicySettings {
             Some(globals) => read_globals(globals)?,
         };
         let core = Settings::from_json(&Value::Object(object).to_string())?;
+        if core.uses_embedded() {
+            // A waPC policy cannot reach a secret store, and Plaintext through Kubewarden's
+            // context-aware lookups would put values in the pod spec and read Secrets across
+            // namespaces with the policy-server's rights: refused rather than half done.
+            return Err(
+                "invalid settings: secret manager \"Embedded\" needs the secrets-webhook \
+                 host (it looks secrets up and keeps mirror Secrets); the Kubewarden policy \
+                 supports Global, K8s, Vault, AWS, GCP and Azure"
+                    .to_owned(),
+            );
+        }
         Ok(Self { core, globals })
     }
 }

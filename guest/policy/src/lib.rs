@@ -12,10 +12,14 @@ pub mod mutation;
 pub mod names;
 pub mod pod;
 pub mod prototext;
+pub mod scope;
 pub mod secret;
 pub mod settings;
 
-pub use inject::GlobalSecrets;
-pub use mutation::{Decision, Denial, Injection, Outcome, Patched, decide, mutate_json};
+pub use inject::{GlobalSecrets, Host, Namespaces, NoStore, SecretStore};
+pub use mutation::{
+    Admission, Decision, Denial, Injection, Outcome, Patched, decide, decide_review, mutate_json,
+    mutate_review,
+};
 pub use secret::{MountRequirement, Secret};
 pub use settings::{ManagerType, Settings};

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::annotations::{self, Request};
-use crate::inject::{self, Context, GlobalSecrets, Refused};
+use crate::inject::{self, Context, GlobalSecrets, Host, Refused};
 use crate::pod::{Pod, view};
 use crate::settings::{ManagerType, Settings};
 
@@ -47,6 +47,16 @@ pub struct Patched {
     pub patch: String,
     /// In annotation order; secrets the pod already had are not listed.
     pub injections: Vec<Injection>,
+    /// Secret ids whose mirrors in the pod's namespace the patch refers to (Embedded manager,
+    /// Mirror mode); the host writes them before the pod is admitted.
+    pub mirrors: Vec<String>,
+}
+
+/// What the policy knows of the admission request besides the pod.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Admission<'a> {
+    /// The namespace the pod is created in.
+    pub namespace: &'a str,
 }
 
 /// One secret a patch injects: names only, for metrics and logs.
@@ -60,8 +70,20 @@ pub struct Injection {
 /// Decides what to do with `pod` (a Pod object), returning the pod as it would be stored. For
 /// front doors that hold the pod as a tree already (Kubewarden); the webhook uses [`mutate_json`].
 pub fn decide(settings: &Settings, pod: &Value, globals: &dyn GlobalSecrets) -> Decision {
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let admission = Admission { namespace };
+    decide_review(settings, &admission, pod, Host::globals_only(globals))
+}
+
+/// [`decide`] with everything the host offers, for a pod created as `admission` says.
+pub fn decide_review(
+    settings: &Settings,
+    admission: &Admission<'_>,
+    pod: &Value,
+    host: Host<'_>,
+) -> Decision {
     let text = pod.to_string();
-    match edit(settings, &text, globals) {
+    match edit(settings, admission, &text, host) {
         Ok(None) => Decision::Unchanged,
         Ok(Some(edited)) => {
             let mut mutated = pod.clone();
@@ -87,14 +109,16 @@ struct Edited {
     /// JSON Patch text.
     patch: String,
     injections: Vec<Injection>,
+    mirrors: Vec<String>,
 }
 
 /// Injects every requested secret into the pod in `pod_json`, returning the patch that does it,
 /// `None` when there is nothing to do, or why the pod is refused.
 fn edit(
     settings: &Settings,
+    admission: &Admission<'_>,
     pod_json: &str,
-    globals: &dyn GlobalSecrets,
+    host: Host<'_>,
 ) -> Result<Option<Edited>, Denial> {
     let view = view::parse(pod_json).map_err(Denial::bad_request)?;
     if !view.opted_in() {
@@ -114,7 +138,13 @@ fn edit(
         }
     };
     let mut pod = Pod::new(view);
-    let cx = Context { settings, globals };
+    let cx = Context {
+        settings,
+        globals: host.globals,
+        host,
+        namespace: admission.namespace,
+        mirrors: Default::default(),
+    };
     let mut injections = Vec::new();
     for request in &requests {
         let before = pod.edits();
@@ -131,6 +161,7 @@ fn edit(
     Ok((pod.edits() > 0).then(|| Edited {
         patch: pod.into_patch(),
         injections,
+        mirrors: cx.mirrors.into_inner(),
     }))
 }
 
@@ -155,11 +186,36 @@ fn inject_one(
     )))
 }
 
-/// Decides what to do with the pod in `pod_json`, as a patch against that pod.
+/// Decides what to do with the pod in `pod_json`, as a patch against that pod, with global
+/// secrets as the only thing the host offers.
 pub fn mutate_json(settings: &Settings, pod_json: &str, globals: &dyn GlobalSecrets) -> Outcome {
-    match edit(settings, pod_json, globals) {
+    mutate_review(
+        settings,
+        &Admission::default(),
+        pod_json,
+        Host::globals_only(globals),
+    )
+}
+
+/// Decides what to do with the pod in `pod_json`, created as `admission` says, asking `host` for
+/// what the pod's secrets need.
+pub fn mutate_review(
+    settings: &Settings,
+    admission: &Admission<'_>,
+    pod_json: &str,
+    host: Host<'_>,
+) -> Outcome {
+    match edit(settings, admission, pod_json, host) {
         Ok(None) => Outcome::Unchanged,
-        Ok(Some(Edited { patch, injections })) => Outcome::Patched(Patched { patch, injections }),
+        Ok(Some(Edited {
+            patch,
+            injections,
+            mirrors,
+        })) => Outcome::Patched(Patched {
+            patch,
+            injections,
+            mirrors,
+        }),
         Err(denial) => Outcome::Denied(denial),
     }
 }

@@ -22,6 +22,8 @@ pub enum ManagerType {
     Gcp,
     /// Azure Key Vault, through a puller init container.
     Azure,
+    /// Flyte 2's Embedded manager: the host looks the value up by the pod's scope.
+    Embedded,
 }
 
 impl ManagerType {
@@ -33,6 +35,7 @@ impl ManagerType {
             Self::Aws => "AWS",
             Self::Gcp => "GCP",
             Self::Azure => "Azure",
+            Self::Embedded => "Embedded",
         }
     }
 
@@ -44,24 +47,16 @@ impl ManagerType {
             Self::Aws,
             Self::Gcp,
             Self::Azure,
+            Self::Embedded,
         ];
-        if let Some(found) = all
-            .into_iter()
+        all.into_iter()
             .find(|m| m.name().eq_ignore_ascii_case(name))
-        {
-            return Ok(found);
-        }
-        if name.eq_ignore_ascii_case("Embedded") {
-            return Err(
-                "secret manager \"Embedded\" fetches secret values over the network at \
-                        admission time, which this webhook does not do; use K8s, Vault, AWS, GCP \
-                        or Azure"
-                    .to_owned(),
-            );
-        }
-        Err(format!(
-            "unknown secret manager {name:?}; expected one of Global, K8s, Vault, AWS, GCP, Azure"
-        ))
+            .ok_or_else(|| {
+                format!(
+                    "unknown secret manager {name:?}; expected one of Global, K8s, Vault, AWS, \
+                     GCP, Azure, Embedded"
+                )
+            })
     }
 }
 
@@ -174,6 +169,79 @@ pub struct Settings {
     pub gcp_secret_manager: PullerSettings,
     #[serde(deserialize_with = "puller_or_default::azure")]
     pub azure_secret_manager: PullerSettings,
+    pub embedded_secret_manager_config: EmbeddedSettings,
+}
+
+/// How the Embedded manager hands a value to the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum EmbeddedMode {
+    /// The pod refers to a Secret the host keeps in its namespace: no value in the pod spec.
+    #[default]
+    Mirror,
+    /// Flyte 2's way, byte for byte: values in plain env vars and in an init container's env.
+    Plaintext,
+}
+
+/// Flyte 2's `fileMountInitContainer`: the init container that writes FILE secrets in
+/// Plaintext mode.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FileMountInitContainer {
+    pub image: String,
+    pub resources: Resources,
+    pub container_name: String,
+}
+
+impl Default for FileMountInitContainer {
+    fn default() -> Self {
+        let list = ResourceList {
+            cpu: Some("100m".to_owned()),
+            memory: Some("100Mi".to_owned()),
+        };
+        Self {
+            image: "public.ecr.aws/docker/library/busybox:latest".to_owned(),
+            resources: Resources {
+                requests: Some(list.clone()),
+                limits: Some(list),
+            },
+            container_name: "init-embedded-secret".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(default)]
+pub struct ImagePullSecrets {
+    pub enabled: bool,
+}
+
+/// Flyte 2's `embeddedSecretManagerConfig`, plus ours: `mode`, `namespaceTemplate` and
+/// `bindScopeToNamespace`. Where values live (`type`, `k8sConfig`, `awsConfig`…) is the host's
+/// business; the policy only asks it for ids.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EmbeddedSettings {
+    pub mode: EmbeddedMode,
+    /// The namespace a pod of project P and domain D must be in: `{{ project }}` and
+    /// `{{ domain }}` (and `{{ organization }}`) are replaced by its labels.
+    pub namespace_template: String,
+    /// Off only for clusters whose namespaces follow no template: then any pod may name any
+    /// project's scope in its labels.
+    pub bind_scope_to_namespace: bool,
+    pub file_mount_init_container: FileMountInitContainer,
+    pub image_pull_secrets: ImagePullSecrets,
+}
+
+impl Default for EmbeddedSettings {
+    fn default() -> Self {
+        Self {
+            mode: EmbeddedMode::Mirror,
+            namespace_template: "{{ project }}-{{ domain }}".to_owned(),
+            bind_scope_to_namespace: true,
+            file_mount_init_container: FileMountInitContainer::default(),
+            image_pull_secrets: ImagePullSecrets::default(),
+        }
+    }
 }
 
 pub const AWS_IMAGE: &str = "docker.io/amazon/aws-secrets-manager-secret-sidecar:v0.1.4";
@@ -225,6 +293,7 @@ impl Default for Settings {
             aws_secret_manager: PullerSettings::with_image(AWS_IMAGE),
             gcp_secret_manager: PullerSettings::with_image(GCP_IMAGE),
             azure_secret_manager: PullerSettings::with_image(AZURE_IMAGE),
+            embedded_secret_manager_config: EmbeddedSettings::default(),
         }
     }
 }
@@ -284,7 +353,34 @@ impl Settings {
                 return Err(format!("invalid settings: {name}.sidecarImage is empty"));
             }
         }
+        self.validate_embedded()
+    }
+
+    fn validate_embedded(&self) -> Result<(), String> {
+        let embedded = &self.embedded_secret_manager_config;
+        crate::scope::check_template(&embedded.namespace_template)
+            .map_err(|err| format!("invalid settings: embeddedSecretManagerConfig.{err}"))?;
+        let init = &embedded.file_mount_init_container;
+        if init.image.trim().is_empty() || init.container_name.trim().is_empty() {
+            return Err(
+                "invalid settings: embeddedSecretManagerConfig.fileMountInitContainer \
+                 needs an image and a containerName"
+                    .to_owned(),
+            );
+        }
+        if embedded.image_pull_secrets.enabled {
+            return Err(
+                "invalid settings: embeddedSecretManagerConfig.imagePullSecrets.enabled \
+                 is not supported yet"
+                    .to_owned(),
+            );
+        }
         Ok(())
+    }
+
+    /// Whether any secret may go to the Embedded manager.
+    pub fn uses_embedded(&self) -> bool {
+        self.managers().contains(&ManagerType::Embedded)
     }
 
     /// The managers to try, in order: Global first, then the configured ones (K8s by default).
@@ -346,7 +442,18 @@ mod tests {
     #[test]
     fn rejects_bad_settings_with_reasons() {
         for (json, reason) in [
-            (r#"{"secretManagerType": "Embedded"}"#, "network"),
+            (
+                r#"{"embeddedSecretManagerConfig": {"mode": "Copy"}}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"embeddedSecretManagerConfig": {"namespaceTemplate": "{{ team }}"}}"#,
+                "namespaceTemplate",
+            ),
+            (
+                r#"{"embeddedSecretManagerConfig": {"imagePullSecrets": {"enabled": true}}}"#,
+                "not supported yet",
+            ),
             (
                 r#"{"secretManagerType": "Keychain"}"#,
                 "unknown secret manager",

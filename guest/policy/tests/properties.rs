@@ -212,6 +212,14 @@ fn served_by(manager: ManagerType) -> BoxedStrategy<Secret> {
             .boxed(),
             file_mount().boxed(),
         ),
+        // Needs a secret store, which these properties do not give (tests/embedded.rs does).
+        ManagerType::Embedded => secret_from(
+            pick(&["", ""]),
+            pick(&[""]),
+            pick(&["db", "api_key"]),
+            env_var(),
+        )
+        .boxed(),
     }
 }
 

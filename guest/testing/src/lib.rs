@@ -1,7 +1,8 @@
 //! A policy that misbehaves on purpose, chosen by its settings `{"hostile": "<how>"}`, so the host's
 //! tests can check that the sandbox holds: `loop`, `memory`, `trap`, `huge`, `many-injections`,
-//! `bad-patch`, `remember` (tries to carry state from one review to the next), or nothing (a
-//! well-behaved policy that changes nothing).
+//! `bad-patch`, `remember` (tries to carry state from one review to the next), `mirror-unasked`
+//! (asks for a mirror of a secret it never looked up), or nothing (a well-behaved policy that
+//! changes nothing).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({
@@ -22,6 +23,7 @@ fn behaviour(settings: &str) -> &str {
         "huge",
         "many-injections",
         "bad-patch",
+        "mirror-unasked",
         "remember-and-look",
         "remember",
     ]
@@ -59,6 +61,7 @@ impl Guest for Hostile {
                 patch: " ".repeat(12 << 20),
                 warnings: Vec::new(),
                 injections: Vec::new(),
+                mirrors: Vec::new(),
             })),
             // Small in the guest (24 bytes each), three Strings each once lifted into the host.
             "many-injections" => {
@@ -72,6 +75,7 @@ impl Guest for Hostile {
                     patch: "[]".to_owned(),
                     warnings: Vec::new(),
                     injections,
+                    mirrors: Vec::new(),
                 }))
             }
             "remember" => Ok(remember(&review.namespace, false)),
@@ -80,6 +84,13 @@ impl Guest for Hostile {
                 patch: "{\"not\": \"a patch\"}".to_owned(),
                 warnings: Vec::new(),
                 injections: Vec::new(),
+                mirrors: Vec::new(),
+            })),
+            "mirror-unasked" => Ok(Outcome::Patched(Patched {
+                patch: "[]".to_owned(),
+                warnings: Vec::new(),
+                injections: Vec::new(),
+                mirrors: vec!["u__org__acme__domain____project____key__db".to_owned()],
             })),
             _ => Ok(Outcome::Unchanged(Vec::new())),
         }

@@ -98,7 +98,8 @@ pub fn webhook_configuration(
             resources: Some(vec!["pods".to_owned()]),
             scope: Some("Namespaced".to_owned()),
         }]),
-        side_effects: "None".to_owned(),
+        // The Embedded manager writes mirror Secrets, never on a dry run.
+        side_effects: "NoneOnDryRun".to_owned(),
         timeout_seconds: Some(target.timeout_seconds),
         match_conditions: None,
     };
@@ -315,7 +316,7 @@ mod tests {
                 "objectSelector": {"matchLabels": {"inject-flyte-secrets": "true"}},
                 "reinvocationPolicy": "IfNeeded",
                 "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
-                "sideEffects": "None",
+                "sideEffects": "NoneOnDryRun",
                 "timeoutSeconds": 5
             }]
         });

@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::Event;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::scope::k8s_secret_name;
@@ -20,11 +21,32 @@ pub struct K8sBackend {
     secrets: reflector::Store<Secret>,
 }
 
+/// A source secret seen to change: its id, and its value (`None`: deleted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SourceChange {
+    pub id: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Every id a source Secret holds, with its value, or with none when the Secret went.
+fn changes(secret: &Secret, deleted: bool) -> impl Iterator<Item = SourceChange> + '_ {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(move |(id, value)| SourceChange {
+            id: id.clone(),
+            value: (!deleted).then(|| value.0.clone()),
+        })
+}
+
 impl K8sBackend {
-    /// The backend for `namespace`, and the future that keeps it in step (spawn it).
+    /// The backend for `namespace`, and the future that keeps it in step (spawn it); each
+    /// secret seen to change (listed, written or deleted) is passed to `on_change`.
     pub fn start(
         client: kube::Client,
         namespace: &str,
+        on_change: impl Fn(SourceChange) + Send + 'static,
     ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
         let (secrets, writer) = reflector::store();
         let api: Api<Secret> = Api::namespaced(client, namespace);
@@ -32,8 +54,15 @@ impl K8sBackend {
         let follow = reflector::reflector(writer, watcher(api, watcher::Config::default()))
             .default_backoff()
             .for_each(move |event| {
-                if let Err(err) = event {
-                    tracing::warn!(namespace = name, error = %err, "watching the secrets source");
+                match event {
+                    Ok(Event::Apply(secret) | Event::InitApply(secret)) => {
+                        changes(&secret, false).for_each(&on_change)
+                    }
+                    Ok(Event::Delete(secret)) => changes(&secret, true).for_each(&on_change),
+                    Ok(Event::Init | Event::InitDone) => {}
+                    Err(err) => {
+                        tracing::warn!(namespace = name, error = %err, "watching the secrets source")
+                    }
                 }
                 std::future::ready(())
             });

@@ -11,8 +11,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
-use sha2::{Digest, Sha256};
+
 use time::OffsetDateTime;
+
+use super::scope::{id_hash as source_hash, mirror_name};
 
 use crate::{FIELD_MANAGER, MANAGED_BY};
 
@@ -25,19 +27,12 @@ pub const SOURCE_ID: &str = "secrets-webhook.flyte.org/source-id";
 /// When a pod last asked for it (RFC 3339): the sweep spares mirrors used recently, whose pod
 /// may still be on its way through admission.
 pub const LAST_USED: &str = "secrets-webhook.flyte.org/last-used";
-/// The key a mirror holds its value under.
-pub const VALUE_KEY: &str = "value";
+/// The key a mirror holds its value under (the policy's `secretKeyRef`s name it).
+pub const VALUE_KEY: &str = secrets_policy::scope::MIRROR_KEY;
 
-fn source_hash(id: &str) -> String {
-    Sha256::digest(id.as_bytes())[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-/// The mirror of secret `id`, the same in every namespace.
+/// The mirror of secret `id`, the same in every namespace: the name the policy refers to.
 pub fn name(id: &str) -> String {
-    format!("flyte-secret-{}", source_hash(id))
+    mirror_name(id)
 }
 
 /// One mirror to write.
@@ -87,53 +82,97 @@ pub async fn apply(client: &kube::Client, mirror: &Mirror<'_>) -> Result<()> {
     Ok(())
 }
 
-fn mirrors_of(id: &str) -> ListParams {
-    ListParams::default().labels(&format!(
-        "{}={},{SOURCE_LABEL}={}",
-        MIRROR_LABEL.0,
-        MIRROR_LABEL.1,
-        source_hash(id)
-    ))
+/// JSON Patch operations that only apply to a Secret carrying the mirror label: the API server
+/// checks the `test` and the change in one step, so a Secret that is not ours is never changed,
+/// and nothing needs to be read first (the webhook may not read Secrets outside the source
+/// namespace).
+fn guarded(then: serde_json::Value) -> Result<json_patch::Patch> {
+    let label = MIRROR_LABEL.0.replace('~', "~0").replace('/', "~1");
+    let mut ops = vec![serde_json::json!(
+        {"op": "test", "path": format!("/metadata/labels/{label}"), "value": MIRROR_LABEL.1}
+    )];
+    ops.extend(then.as_array().cloned().unwrap_or_default());
+    Ok(serde_json::from_value(serde_json::Value::Array(ops))?)
 }
 
-/// Brings every mirror of `id` in line with its source: the new value, or gone with it.
-/// Returns how many mirrors changed.
-pub async fn follow_source(client: &kube::Client, id: &str, value: Option<&[u8]>) -> Result<usize> {
-    let all: Api<Secret> = Api::all(client.clone());
-    let mirrors = all
-        .list_metadata(&mirrors_of(id))
-        .await
-        .context("listing mirrors")?;
-    let mut changed = 0;
-    for mirror in mirrors {
-        let Some(namespace) = mirror.metadata.namespace.as_deref() else {
-            continue;
-        };
-        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let name = mirror.metadata.name.unwrap_or_default();
-        match value {
-            Some(value) => {
-                let current = api.get(&name).await.context("reading a mirror")?;
-                let same = current
-                    .data
-                    .as_ref()
-                    .and_then(|data| data.get(VALUE_KEY))
-                    .is_some_and(|stored| stored.0 == value);
-                if same {
-                    continue;
-                }
-                let patch = serde_json::json!({"data": {VALUE_KEY: ByteString(value.to_vec())}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .with_context(|| format!("updating mirror {namespace}/{name}"))?;
+/// Patches mirror `name` with `then`; the mirror's metadata after it, or `None` when there is
+/// no such Secret, it is not a mirror, or a `test` failed.
+async fn patch_mirror(
+    api: &Api<Secret>,
+    name: &str,
+    then: serde_json::Value,
+) -> Result<Option<ObjectMeta>> {
+    let patch = Patch::<()>::Json(guarded(then)?);
+    match api.patch(name, &PatchParams::default(), &patch).await {
+        Ok(secret) => Ok(Some(secret.metadata)),
+        Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 422 => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Brings the mirror of `id` in `namespace` in line with its source; whether it changed.
+async fn follow_in(
+    client: &kube::Client,
+    namespace: &str,
+    id: &str,
+    value: Option<&[u8]>,
+) -> Result<bool> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = name(id);
+    let path = format!("/data/{VALUE_KEY}");
+    match value {
+        Some(value) => {
+            let encoded = serde_json::to_value(ByteString(value.to_vec()))?;
+            let same = serde_json::json!([{"op": "test", "path": path, "value": encoded}]);
+            if patch_mirror(&api, &name, same).await?.is_some() {
+                return Ok(false);
             }
-            None => {
-                api.delete(&name, &DeleteParams::default())
-                    .await
-                    .with_context(|| format!("deleting mirror {namespace}/{name}"))?;
+            let set = serde_json::json!([{"op": "add", "path": path, "value": encoded}]);
+            Ok(patch_mirror(&api, &name, set).await?.is_some())
+        }
+        None => {
+            let Some(current) = patch_mirror(&api, &name, serde_json::json!([])).await? else {
+                return Ok(false);
+            };
+            // Deleted only as the labelled Secret just seen, not one recreated since.
+            let params = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    resource_version: current.resource_version,
+                    uid: current.uid,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&name, &params).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {
+                    Ok(false)
+                }
+                Err(err) => Err(err).with_context(|| format!("deleting mirror {namespace}/{name}")),
             }
         }
-        changed += 1;
+    }
+}
+
+/// Brings every mirror of `id` in `namespaces` in line with its source: the new value, or gone
+/// with it. Returns how many mirrors changed.
+pub async fn follow_source(
+    client: &kube::Client,
+    namespaces: &[String],
+    id: &str,
+    value: Option<&[u8]>,
+) -> Result<usize> {
+    use futures::StreamExt as _;
+    let mut follows: Vec<futures::future::BoxFuture<'_, Result<bool>>> = Vec::new();
+    for namespace in namespaces {
+        follows.push(Box::pin(follow_in(client, namespace, id, value)));
+    }
+    let results: Vec<Result<bool>> = futures::stream::iter(follows)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut changed = 0;
+    for result in results {
+        changed += usize::from(result?);
     }
     Ok(changed)
 }

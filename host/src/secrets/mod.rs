@@ -4,9 +4,9 @@
 //! ([`k8s`]) — and drops cached values on Flyte 2's invalidation call ([`invalidation`]). In
 //! Mirror mode the values reach pods through Secrets kept in their namespaces ([`mirror`]).
 //!
-//! The policy does not call it yet: the WIT capability, the guest's Embedded manager and the
-//! cloud backends are the next steps.
+//! The policy reaches it through its `secret-store` and `cluster` imports ([`embedded`]).
 
+pub mod embedded;
 pub mod invalidation;
 pub mod k8s;
 pub mod mirror;

@@ -58,15 +58,19 @@ impl Store {
     pub async fn resolve(&self, scope: &Scope, key: &str) -> Result<Option<Resolved>> {
         for scope in scope.cascade() {
             let id = scope.secret_id(key);
-            let value = match self.cached(&id) {
-                Some(value) => Some(value),
-                None => self.fetch(&id).await?,
-            };
-            if let Some(value) = value {
+            if let Some(value) = self.get(&id).await? {
                 return Ok(Some(Resolved { id, scope, value }));
             }
         }
         Ok(None)
+    }
+
+    /// The value of secret `id` in one scope: what the policy's `secret-store.lookup` asks.
+    pub async fn get(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match self.cached(id) {
+            Some(value) => Ok(Some(value)),
+            None => self.fetch(id).await,
+        }
     }
 
     fn cached(&self, id: &str) -> Option<Vec<u8>> {

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod envtest;
+pub mod fixture;
+pub mod replica;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -157,6 +159,19 @@ impl TestServer {
         tokio::spawn(conn);
         Client::H2(sender)
     }
+}
+
+/// An HTTP/1.1 keep-alive connection to a server at `addr` that `ca_pem` vouches for as
+/// localhost (a `serve` process).
+pub async fn client_to(addr: SocketAddr, ca_pem: &str) -> Client {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector(ca_pem, &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    Client::H1(sender)
 }
 
 /// A TLS client config that trusts only `ca_pem`.

@@ -83,6 +83,7 @@ fn inject_file(pod: &mut Pod<'_>, secret: &Secret) -> Result<(), Refused> {
         None => pod.add_volume(&Volume {
             empty_dir: None,
             name: volume.as_str().into(),
+            projected: None,
             secret: Some(SecretVolume {
                 items: vec![item],
                 optional: true,

@@ -3,6 +3,7 @@
 
 mod aws;
 mod azure;
+mod embedded;
 mod gcp;
 mod global;
 mod k8s;
@@ -38,6 +39,54 @@ impl<F: Fn(&str, &str) -> Option<String>> GlobalSecrets for F {
     }
 }
 
+/// Secret values by Flyte 2 secret id: the Embedded manager's store, which only the host can
+/// reach.
+pub trait SecretStore {
+    /// The value stored under `id`, `None` when there is no such secret, or why the store could
+    /// not be read.
+    fn lookup(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// The cluster's namespaces, for binding a pod's scope to its namespace.
+pub trait Namespaces {
+    /// The labels of namespace `name`, `None` when there is no such namespace.
+    fn labels(&self, name: &str) -> Result<Option<Vec<(String, String)>>, String>;
+}
+
+/// What a host without a secret store answers.
+pub struct NoStore;
+
+impl SecretStore for NoStore {
+    fn lookup(&self, _id: &str) -> Result<Option<Vec<u8>>, String> {
+        Err("this host has no secret store for the Embedded manager".to_owned())
+    }
+}
+
+impl Namespaces for NoStore {
+    fn labels(&self, _name: &str) -> Result<Option<Vec<(String, String)>>, String> {
+        Err("this host cannot read namespaces".to_owned())
+    }
+}
+
+/// Everything the policy may ask its host.
+#[derive(Clone, Copy)]
+pub struct Host<'a> {
+    pub globals: &'a dyn GlobalSecrets,
+    pub store: &'a dyn SecretStore,
+    pub namespaces: &'a dyn Namespaces,
+}
+
+impl<'a> Host<'a> {
+    /// A host with global secrets only, as Flyte 1's managers need.
+    pub fn globals_only(globals: &'a dyn GlobalSecrets) -> Self {
+        Self {
+            globals,
+            store: &NoStore,
+            namespaces: &NoStore,
+        }
+    }
+}
+
 /// This manager cannot inject the secret, and why; the pod is untouched and the next manager may
 /// try.
 #[derive(Debug)]
@@ -51,6 +100,11 @@ fn refuse<T>(reason: impl Into<String>) -> Result<T, Refused> {
 pub struct Context<'a> {
     pub settings: &'a Settings,
     pub globals: &'a dyn GlobalSecrets,
+    pub host: Host<'a>,
+    /// The namespace the pod is created in.
+    pub namespace: &'a str,
+    /// Secret ids whose mirrors the edits so far refer to.
+    pub mirrors: std::cell::RefCell<Vec<String>>,
 }
 
 /// Asks one manager to inject `secret` into `pod`.
@@ -67,6 +121,7 @@ pub fn inject(
         ManagerType::Aws => aws::inject(cx, pod, secret),
         ManagerType::Gcp => gcp::inject(cx, pod, secret),
         ManagerType::Azure => azure::inject(cx, pod, secret),
+        ManagerType::Embedded => embedded::inject(cx, pod, secret),
     }
 }
 

@@ -79,6 +79,7 @@ impl Puller<'_> {
         pod.add_volume(&Volume {
             empty_dir: Some(EmptyDir { medium: "Memory" }),
             name: self.volume.into(),
+            projected: None,
             secret: None,
         });
         let path = self.path.clone();

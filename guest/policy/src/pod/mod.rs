@@ -71,6 +71,11 @@ impl<'a> Pod<'a> {
         }
     }
 
+    /// The value of pod label `name`.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.view.labels.as_ref()?.get(name).map(Str::as_str)
+    }
+
     /// How many patch operations the edits so far took.
     pub fn edits(&self) -> usize {
         self.patch.len()
@@ -176,6 +181,117 @@ impl<'a> Pod<'a> {
         }
     }
 
+    /// Puts each of `vars` first in the container's env, in turn (so the last ends up first),
+    /// removing a variable of the same name: Flyte 2's order, where the webhook's value wins. A
+    /// variable the container already has exactly is left where it is, so a second pass changes
+    /// nothing.
+    pub fn prepend_env(&mut self, slot: Slot, vars: &[EnvVar<'_>]) {
+        for var in vars {
+            let (container, patch) = self.container_mut(slot);
+            let existing = container.env.as_deref().unwrap_or_default();
+            if existing.iter().any(|e| is_same_env(e, var)) {
+                continue;
+            }
+            let clash = existing
+                .iter()
+                .position(|e| e.name() == Some(var.name.as_ref()));
+            let env = Self::list(patch, &mut container.env, &slot, "env");
+            if let Some(index) = clash {
+                patch.remove(format_args!("{slot}/env/{index}"));
+                env.remove(index);
+            }
+            patch.add(format_args!("{slot}/env/0"), var);
+            env.insert(0, seen_env(var));
+        }
+    }
+
+    /// Whether the container has each of `vars` exactly.
+    pub fn has_env(&self, slot: Slot, vars: &[EnvVar<'_>]) -> bool {
+        let container = &self.entries(slot.init)[slot.index];
+        let existing = container.env.as_deref().unwrap_or_default();
+        vars.iter()
+            .all(|var| existing.iter().any(|e| is_same_env(e, var)))
+    }
+
+    /// The name of the container in `slot`.
+    pub fn container_name(&self, slot: Slot) -> Option<&str> {
+        self.entries(slot.init)[slot.index].name()
+    }
+
+    /// Sets plain env var `name` of init container `index` to `value`, adding it at the end of
+    /// its env if it has none.
+    pub fn set_init_env(&mut self, index: usize, name: &str, value: &str) {
+        let slot = Slot { init: true, index };
+        let (container, patch) = self.container_mut(slot);
+        let env = Self::list(patch, &mut container.env, &slot, "env");
+        match env.iter().position(|e| e.name() == Some(name)) {
+            Some(at) => {
+                patch.replace(format_args!("{slot}/env/{at}/value"), &value);
+                env[at].value = Some(Str::from(value));
+            }
+            None => {
+                let var = EnvVar::plain(name, value);
+                Self::push(patch, env, (&slot, "env"), &var, seen_env(&var));
+            }
+        }
+    }
+
+    /// The plain value of env var `name` of init container `index`.
+    pub fn init_env(&self, index: usize, name: &str) -> Option<&str> {
+        let container = self.entries(true).get(index)?;
+        let env = container
+            .env
+            .as_deref()?
+            .iter()
+            .find(|e| e.name() == Some(name))?;
+        env.value.as_ref().map(Str::as_str)
+    }
+
+    /// The index of the init container called `name`.
+    pub fn init_container_index(&self, name: &str) -> Option<usize> {
+        self.entries(true)
+            .iter()
+            .position(|c| c.name() == Some(name))
+    }
+
+    /// The Secrets projected volume `name` holds, if it is a projected volume.
+    pub fn projected_secrets(&self, name: &str) -> Option<(usize, Vec<String>)> {
+        let (index, _) = self.volume_named(name)?;
+        let volume = &self.spec.volumes.as_deref()?[index];
+        let sources = volume
+            .projected
+            .as_ref()?
+            .sources
+            .as_deref()
+            .unwrap_or_default();
+        let names = sources
+            .iter()
+            .filter_map(|source| source.secret.as_ref()?.name.as_ref())
+            .map(|name| name.as_str().to_owned())
+            .collect();
+        Some((index, names))
+    }
+
+    /// Appends `projection` to the sources of projected volume `index`.
+    pub fn add_projection(&mut self, index: usize, projection: &objects::Projection<'_>) {
+        let Some(volume) = self.spec.volumes.as_mut().and_then(|v| v.get_mut(index)) else {
+            return;
+        };
+        let Some(projected) = volume.projected.as_mut() else {
+            return;
+        };
+        let parent = format_args!("/spec/volumes/{index}/projected").to_string();
+        let sources = Self::list(&mut self.patch, &mut projected.sources, &parent, "sources");
+        let seen = seen_projection(projection);
+        Self::push(
+            &mut self.patch,
+            sources,
+            (&parent, "sources"),
+            projection,
+            seen,
+        );
+    }
+
     /// Appends `mount` unless the container already mounts something at its path.
     pub fn append_mount(&mut self, slot: Slot, mount: &VolumeMount<'_>) {
         let (container, patch) = self.container_mut(slot);
@@ -229,6 +345,9 @@ impl<'a> Pod<'a> {
             secret: volume.secret.as_ref().map(|secret| SecretSource {
                 secret_name: Some(Str::from(secret.secret_name)),
                 items: Some(secret.items.iter().map(seen_item).collect()),
+            }),
+            projected: volume.projected.as_ref().map(|projected| view::Projected {
+                sources: Some(projected.sources.iter().map(seen_projection).collect()),
             }),
         };
         Self::push(patch, volumes, (&"/spec", "volumes"), volume, seen);
@@ -306,7 +425,19 @@ fn seen_env(var: &EnvVar<'_>) -> Env<'static> {
     Env {
         name: Some(Str::from(var.name.as_ref())),
         value: var.value.as_deref().map(Str::from),
-        value_from: var.value_from.as_ref().map(|_| serde::de::IgnoredAny),
+        value_from: var.value_from.as_ref().map(|from| view::ValueFrom {
+            secret_key_ref: Some(view::SecretKeyRef {
+                name: Some(Str::from(from.secret_key_ref.name)),
+            }),
+        }),
+    }
+}
+
+fn seen_projection(projection: &objects::Projection<'_>) -> view::Projection<'static> {
+    view::Projection {
+        secret: Some(view::SecretKeyRef {
+            name: Some(Str::from(projection.secret.name)),
+        }),
     }
 }
 
@@ -323,11 +454,12 @@ fn seen_item(item: &KeyToPath<'_>) -> view::KeyToPath<'static> {
     }
 }
 
-/// Whether an env var of the pod is exactly `var`: the same name and plain value.
+/// Whether an env var of the pod is exactly `var`: the same name, and the same plain value or
+/// the same Secret.
 pub fn is_same_env(existing: &Env<'_>, var: &EnvVar<'_>) -> bool {
     existing.name() == Some(var.name.as_ref())
         && existing.value.as_ref().map(Str::as_str) == var.value.as_deref()
-        && existing.value_from.is_some() == var.value_from.is_some()
+        && existing.secret_ref() == var.value_from.as_ref().map(|f| f.secret_key_ref.name)
 }
 
 #[cfg(test)]
@@ -432,6 +564,7 @@ mod tests {
         let volume = Volume {
             empty_dir: Some(objects::EmptyDir { medium: "Memory" }),
             name: "v".into(),
+            projected: None,
             secret: None,
         };
         let edited = edit(&original, |pod| {
@@ -472,6 +605,7 @@ mod tests {
             pod.add_volume(&Volume {
                 empty_dir: None,
                 name: "n".into(),
+                projected: None,
                 secret: Some(SecretVolume {
                     items: vec![item.clone()],
                     optional: true,

@@ -39,7 +39,22 @@ impl<'s> EnvVar<'s> {
                 secret_key_ref: SecretKeyRef {
                     key,
                     name: secret,
-                    optional: true,
+                    optional: Some(true),
+                },
+            }),
+        }
+    }
+
+    /// `valueFrom.secretKeyRef` to a key that must exist: the pod does not start without it.
+    pub fn required_secret_key(name: impl Into<Text<'s>>, secret: &'s str, key: &'s str) -> Self {
+        Self {
+            name: name.into(),
+            value: None,
+            value_from: Some(ValueFrom {
+                secret_key_ref: SecretKeyRef {
+                    key,
+                    name: secret,
+                    optional: None,
                 },
             }),
         }
@@ -56,7 +71,8 @@ pub struct ValueFrom<'s> {
 pub struct SecretKeyRef<'s> {
     pub key: &'s str,
     pub name: &'s str,
-    pub optional: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 /// An entry of a container's `volumeMounts`.
@@ -76,7 +92,26 @@ pub struct Volume<'s> {
     pub empty_dir: Option<EmptyDir>,
     pub name: Text<'s>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub projected: Option<ProjectedVolume<'s>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretVolume<'s>>,
+}
+
+/// Several Secrets' keys in one directory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProjectedVolume<'s> {
+    pub sources: Vec<Projection<'s>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Projection<'s> {
+    pub secret: ProjectedSecret<'s>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProjectedSecret<'s> {
+    pub items: Vec<KeyToPath<'s>>,
+    pub name: &'s str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,5 +1,6 @@
-//! A JSON Patch written as text while the pod is edited: one `add` per edit, no tree built and
-//! nothing serialised twice.
+//! A JSON Patch written as text while the pod is edited: one operation per edit, no tree built
+//! and nothing serialised twice. Mostly `add`; Flyte 2's Embedded manager also replaces and
+//! moves env vars.
 
 use serde::Serialize;
 
@@ -28,17 +29,35 @@ impl Default for Patch {
 impl Patch {
     /// Appends `add` of `value` at `path`, an RFC 6901 JSON Pointer.
     pub fn add(&mut self, path: std::fmt::Arguments<'_>, value: &impl Serialize) {
+        self.op("add", path, Some(value));
+    }
+
+    /// Appends `replace` of the value at `path` with `value`.
+    pub fn replace(&mut self, path: std::fmt::Arguments<'_>, value: &impl Serialize) {
+        self.op("replace", path, Some(value));
+    }
+
+    /// Appends `remove` of the value at `path`.
+    pub fn remove(&mut self, path: std::fmt::Arguments<'_>) {
+        self.op::<()>("remove", path, None);
+    }
+
+    fn op<T: Serialize>(&mut self, op: &str, path: std::fmt::Arguments<'_>, value: Option<&T>) {
         use std::fmt::Write as _;
         if self.ops > 0 {
             self.json.push(b',');
         }
-        self.json.extend_from_slice(br#"{"op":"add","path":"#);
+        self.json.extend_from_slice(br#"{"op":""#);
+        self.json.extend_from_slice(op.as_bytes());
+        self.json.extend_from_slice(br#"","path":"#);
         self.path.clear();
         // Writing into a String cannot fail.
         let _ = self.path.write_fmt(path);
         write(&mut self.json, &self.path);
-        self.json.extend_from_slice(br#","value":"#);
-        write(&mut self.json, value);
+        if let Some(value) = value {
+            self.json.extend_from_slice(br#","value":"#);
+            write(&mut self.json, value);
+        }
         self.json.push(b'}');
         self.ops += 1;
     }
@@ -88,12 +107,14 @@ mod tests {
             &"v\"",
         );
         patch.add(format_args!("/spec/volumes"), &Vec::<u8>::new());
+        patch.replace(format_args!("/spec/volumes"), &Vec::<u8>::new());
+        patch.remove(format_args!("/spec/volumes"));
         let ours = patch.finish();
         let theirs: json_patch::Patch = serde_json::from_str(&ours).unwrap();
         assert_eq!(serde_json::to_string(&theirs).unwrap(), ours);
         assert_eq!(
             ours,
-            r#"[{"op":"add","path":"/metadata/annotations/a~1b~0c\"","value":"v\""},{"op":"add","path":"/spec/volumes","value":[]}]"#
+            r#"[{"op":"add","path":"/metadata/annotations/a~1b~0c\"","value":"v\""},{"op":"add","path":"/spec/volumes","value":[]},{"op":"replace","path":"/spec/volumes","value":[]},{"op":"remove","path":"/spec/volumes"}]"#
         );
     }
 }

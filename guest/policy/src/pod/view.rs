@@ -110,9 +110,32 @@ pub struct Env<'a> {
     pub name: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub value: Option<Str<'a>>,
-    /// Only whether it is there: a variable with `valueFrom` is not a plain value.
-    #[serde(default)]
-    pub value_from: Option<IgnoredAny>,
+    /// A variable with `valueFrom` is not a plain value; only a Secret it refers to is read.
+    #[serde(borrow, default)]
+    pub value_from: Option<ValueFrom<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[serde(remote = "Self")]
+pub struct ValueFrom<'a> {
+    #[serde(borrow, default)]
+    pub secret_key_ref: Option<SecretKeyRef<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
+pub struct SecretKeyRef<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Str<'a>>,
+}
+
+impl Env<'_> {
+    /// The Secret a `valueFrom.secretKeyRef` variable reads.
+    pub fn secret_ref(&self) -> Option<&str> {
+        let reference = self.value_from.as_ref()?.secret_key_ref.as_ref()?;
+        reference.name.as_ref().map(Str::as_str)
+    }
 }
 
 impl Env<'_> {
@@ -139,6 +162,23 @@ pub struct Volume<'a> {
     pub name: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub secret: Option<SecretSource<'a>>,
+    #[serde(borrow, default)]
+    pub projected: Option<Projected<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
+pub struct Projected<'a> {
+    #[serde(borrow, default)]
+    pub sources: Option<Vec<Projection<'a>>>,
+}
+
+/// One source of a projected volume; only Secret sources are read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
+pub struct Projection<'a> {
+    #[serde(borrow, default)]
+    pub secret: Option<SecretKeyRef<'a>>,
 }
 
 impl Volume<'_> {
@@ -200,8 +240,12 @@ objects_only!(
     Spec,
     Container,
     Env,
+    ValueFrom,
+    SecretKeyRef,
     Mount,
     Volume,
+    Projected,
+    Projection,
     SecretSource,
     KeyToPath,
     Metadata

@@ -1,0 +1,317 @@
+//! Flyte 2's names for a secret: the scope a task runs in (organization, domain, project, from
+//! its pod's labels), the id a key has in each scope of the cascade, and the mirror a resolved id
+//! gets in a task's namespace. Also the check that a pod's scope is the one its namespace stands
+//! for, since whoever creates the pod writes its labels.
+
+use sha2::{Digest, Sha256};
+
+/// The pod labels that name a task's scope, in the order Flyte 2 checks them.
+pub const SCOPE_LABELS: [&str; 3] = ["organization", "project", "domain"];
+
+/// An organization, domain and project; the broader scopes leave project, then domain, empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub org: String,
+    pub domain: String,
+    pub project: String,
+}
+
+impl Scope {
+    /// The scope of a pod with `labels`. Each scope label must be set and non-empty; the error
+    /// is Flyte 2's message, naming the first that is not.
+    pub fn from_labels<'l>(labels: impl Fn(&str) -> Option<&'l str>) -> Result<Scope, String> {
+        let label = |name: &str| labels(name).filter(|value| !value.is_empty());
+        if let Some(missing) = SCOPE_LABELS.iter().find(|name| label(name).is_none()) {
+            return Err(format!(
+                "secret read requirements not met due to empty {missing} field in the pod labels"
+            ));
+        }
+        let owned = |name: &str| label(name).unwrap_or_default().to_owned();
+        Ok(Scope {
+            org: owned("organization"),
+            domain: owned("domain"),
+            project: owned("project"),
+        })
+    }
+
+    /// The scopes searched for a secret, narrowest first: the project, its domain (no
+    /// project), its organization (neither).
+    pub fn cascade(&self) -> [Scope; 3] {
+        let domain = Scope {
+            project: String::new(),
+            ..self.clone()
+        };
+        let org = Scope {
+            domain: String::new(),
+            ..domain.clone()
+        };
+        [self.clone(), domain, org]
+    }
+
+    /// Flyte 2's id of secret `key` in this scope.
+    pub fn secret_id(&self, key: &str) -> String {
+        format!(
+            "u__org__{}__domain__{}__project__{}__key__{key}",
+            self.org, self.domain, self.project
+        )
+    }
+
+    /// Which scope this is, for messages: `project p`, `domain d`, `organization o`.
+    pub fn describe(&self) -> String {
+        match (self.project.is_empty(), self.domain.is_empty()) {
+            (false, _) => format!(
+                "project {}, domain {}, organization {}",
+                self.project, self.domain, self.org
+            ),
+            (true, false) => format!("domain {}, organization {}", self.domain, self.org),
+            (true, true) => format!("organization {}", self.org),
+        }
+    }
+}
+
+/// The scope and key of a secret id, if it is one.
+pub fn parse_secret_id(id: &str) -> Option<(Scope, String)> {
+    let rest = id.strip_prefix("u__org__")?;
+    let (org, rest) = rest.split_once("__domain__")?;
+    let (domain, rest) = rest.split_once("__project__")?;
+    let (project, key) = rest.split_once("__key__")?;
+    let scope = Scope {
+        org: org.to_owned(),
+        domain: domain.to_owned(),
+        project: project.to_owned(),
+    };
+    Some((scope, key.to_owned()))
+}
+
+/// A short digest of secret `id` (hex of the first 16 bytes of its SHA-256): the same in every
+/// namespace, and a valid label value.
+pub fn id_hash(id: &str) -> String {
+    Sha256::digest(id.as_bytes())[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The key a mirror Secret holds its value under.
+pub const MIRROR_KEY: &str = "value";
+
+/// The name of the Secret that mirrors secret `id` into a task's namespace.
+pub fn mirror_name(id: &str) -> String {
+    format!("flyte-secret-{}", id_hash(id))
+}
+
+/// The placeholders a namespace template may use, and the label each stands for.
+const PLACEHOLDERS: [(&str, &str); 3] = [
+    ("project", "project"),
+    ("domain", "domain"),
+    ("organization", "organization"),
+];
+
+/// Splits a template into literal text and placeholder names.
+fn parts(template: &str) -> Result<Vec<(bool, &str)>, String> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        parts.push((false, &rest[..start]));
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("namespaceTemplate {template:?} has an unclosed {{{{"))?;
+        parts.push((true, after[..end].trim()));
+        rest = &after[end + 2..];
+    }
+    parts.push((false, rest));
+    Ok(parts)
+}
+
+/// Checks a namespace template: only known placeholders, and project and domain both used (else
+/// two projects would share a namespace's secrets).
+pub fn check_template(template: &str) -> Result<(), String> {
+    let parts = parts(template)?;
+    let names: Vec<&str> = parts.iter().filter(|(p, _)| *p).map(|(_, n)| *n).collect();
+    if let Some(unknown) = names
+        .iter()
+        .find(|name| !PLACEHOLDERS.iter().any(|(known, _)| known == *name))
+    {
+        return Err(format!(
+            "namespaceTemplate {template:?}: unknown placeholder {{{{ {unknown} }}}}; use \
+             {{{{ project }}}}, {{{{ domain }}}} or {{{{ organization }}}}"
+        ));
+    }
+    for needed in ["project", "domain"] {
+        if !names.contains(&needed) {
+            return Err(format!(
+                "namespaceTemplate {template:?} must use {{{{ {needed} }}}}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The namespace `template` gives for `scope`.
+pub fn render(template: &str, scope: &Scope) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 32);
+    for (placeholder, text) in parts(template)? {
+        out.push_str(match (placeholder, text) {
+            (false, literal) => literal,
+            (true, "project") => &scope.project,
+            (true, "domain") => &scope.domain,
+            (true, "organization") => &scope.org,
+            (true, other) => return Err(format!("unknown placeholder {other}")),
+        });
+    }
+    Ok(out)
+}
+
+/// Checks that a pod in `namespace`, whose labels name `scope`, may read that scope's secrets:
+/// project and domain must give the namespace through `template`, and the organization must be
+/// the namespace's `organization` label when it has one.
+pub fn check_binding(
+    scope: &Scope,
+    namespace: &str,
+    template: &str,
+    namespace_org: Option<&str>,
+) -> Result<(), String> {
+    let expected = render(template, scope)?;
+    if expected != namespace {
+        return Err(format!(
+            "the pod's labels project={} domain={} belong in namespace {expected:?} \
+             (embeddedSecretManagerConfig.namespaceTemplate {template:?}), not in {namespace:?}",
+            scope.project, scope.domain
+        ));
+    }
+    if let Some(org) = namespace_org.filter(|org| *org != scope.org) {
+        return Err(format!(
+            "the pod's label organization={} does not match namespace {namespace:?}'s label \
+             organization={org}",
+            scope.org
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn scope_of(labels: &BTreeMap<String, String>) -> Result<Scope, String> {
+        Scope::from_labels(|name| labels.get(name).map(String::as_str))
+    }
+
+    #[test]
+    fn every_scope_label_is_required_and_named() {
+        let all = [
+            ("organization", "acme"),
+            ("project", "flytesnacks"),
+            ("domain", "development"),
+        ];
+        let scope = scope_of(&labels(&all)).unwrap();
+        assert_eq!(
+            scope.secret_id("db"),
+            "u__org__acme__domain__development__project__flytesnacks__key__db"
+        );
+        for missing in SCOPE_LABELS {
+            let mut partial = labels(&all);
+            partial.remove(missing);
+            assert_eq!(
+                scope_of(&partial).unwrap_err(),
+                format!(
+                    "secret read requirements not met due to empty {missing} field in the pod labels"
+                )
+            );
+            partial.insert(missing.to_owned(), String::new());
+            assert!(scope_of(&partial).unwrap_err().contains(missing));
+        }
+    }
+
+    #[test]
+    fn the_cascade_widens_from_project_to_organization() {
+        let scope = Scope {
+            org: "acme".into(),
+            domain: "production".into(),
+            project: "ml".into(),
+        };
+        let ids: Vec<String> = scope
+            .cascade()
+            .iter()
+            .map(|s| s.secret_id("api_key"))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "u__org__acme__domain__production__project__ml__key__api_key",
+                "u__org__acme__domain__production__project____key__api_key",
+                "u__org__acme__domain____project____key__api_key",
+            ]
+        );
+        for (id, scope) in ids.iter().zip(scope.cascade()) {
+            assert_eq!(parse_secret_id(id), Some((scope, "api_key".to_owned())));
+        }
+        // Keys may hold underscores, doubled too.
+        let (_, key) = parse_secret_id(&scope.secret_id("a__b_c")).unwrap();
+        assert_eq!(key, "a__b_c");
+        assert_eq!(parse_secret_id("db-password"), None);
+    }
+
+    #[test]
+    fn mirror_names_are_valid_secret_names_and_differ_by_id() {
+        let a = mirror_name("u__org__a__domain____project____key__k");
+        let b = mirror_name("u__org__b__domain____project____key__k");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "flyte-secret-".len() + 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        );
+        // SHA-256("abc") begins ba7816bf8f01cfea414140de5dae2223 (FIPS 180-2).
+        assert_eq!(id_hash("abc"), "ba7816bf8f01cfea414140de5dae2223");
+    }
+
+    #[test]
+    fn templates_bind_project_and_domain_to_the_namespace() {
+        let template = "{{ project }}-{{ domain }}";
+        check_template(template).unwrap();
+        let scope = Scope {
+            org: "acme".into(),
+            domain: "development".into(),
+            project: "flytesnacks".into(),
+        };
+        check_binding(&scope, "flytesnacks-development", template, None).unwrap();
+        check_binding(&scope, "flytesnacks-development", template, Some("acme")).unwrap();
+        let err = check_binding(&scope, "other-development", template, None).unwrap_err();
+        assert!(
+            err.contains("\"flytesnacks-development\"") && err.contains("\"other-development\""),
+            "{err}"
+        );
+        let err = check_binding(
+            &scope,
+            "flytesnacks-development",
+            template,
+            Some("umbrella"),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("organization=acme") && err.contains("organization=umbrella"),
+            "{err}"
+        );
+        let tight = "{{organization}}.{{project}}.{{domain}}";
+        check_template(tight).unwrap();
+        check_binding(&scope, "acme.flytesnacks.development", tight, None).unwrap();
+        for (bad, why) in [
+            ("{{ project }}", "must use {{ domain }}"),
+            ("{{ project }}-{{ team }}", "unknown placeholder"),
+            ("{{ project }}-{{ domain", "unclosed"),
+        ] {
+            let err = check_template(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! Flyte 2's Embedded manager against a real kube-apiserver + etcd (envtest).
+//!
+//! - Every Embedded fixture (`fixtures/` folders with a `sources.json`) through a `serve`
+//!   process over TLS, its sources written as Flyte 2's secret service writes them: Plaintext
+//!   pods byte for byte as Flyte 2's, Mirror pods, denials.
+//! - Mirror mode end to end: the webhook runs as its ServiceAccount with deploy/'s RBAC and the
+//!   mirror-only ValidatingAdmissionPolicy, and pods are created through the API server.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::envtest::ApiServer;
+use common::fixture::{Fixture, check, check_injected, counted_since, injections, load_fixtures};
+use common::replica::{NAMESPACE, Replica, SERVICE_ACCOUNT, balance, impersonating, install_rbac};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use secrets_webhook::secrets::scope::{Scope, k8s_secret_name, mirror_name};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// Flyte 2's source namespace (`k8sConfig.namespace`) and a task namespace.
+const SOURCE: &str = "flyte";
+const TASKS: &str = "flytesnacks-development";
+
+/// A source Secret as Flyte 2's secret service writes it: named by the md5 of the id, the value
+/// under the id.
+fn source(id: &str, value: &[u8]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(k8s_secret_name(id)),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            id.to_owned(),
+            ByteString(value.to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+async fn write_sources(client: &kube::Client, namespace: &str, sources: &BTreeMap<String, String>) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for (id, value) in sources {
+        api.create(&PostParams::default(), &source(id, value.as_bytes()))
+            .await
+            .unwrap();
+    }
+}
+
+/// The fixture's configuration with its own source namespace.
+fn config_for(fixture: &Fixture, source: &str, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(fixture.config.as_ref().unwrap()).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let webhook = &mut config["webhook"];
+    if webhook.get("embeddedSecretManagerConfig").is_none() {
+        webhook["embeddedSecretManagerConfig"] = serde_yaml::Mapping::new().into();
+    }
+    webhook["embeddedSecretManagerConfig"]["k8sConfig"] =
+        serde_yaml::from_str(&format!("{{namespace: {source}}}")).unwrap();
+    let path = dir.join(format!("{}.yaml", fixture.name));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_fixtures_through_the_server() {
+    let fixtures: Vec<Fixture> = load_fixtures()
+        .into_iter()
+        .filter(|fixture| fixture.sources.is_some())
+        .collect();
+    assert!(fixtures.len() >= 15, "{} Embedded fixtures", fixtures.len());
+    let Some(api) = ApiServer::start("embedded_fixtures_through_the_server").await else {
+        return;
+    };
+    let client = api.client();
+    // The fixtures' pods are in TASKS; the namespace names its organization.
+    api.create_namespace(TASKS, &[("organization", "acme")])
+        .await;
+    let mut failures = Vec::new();
+    for (index, fixture) in fixtures.iter().enumerate() {
+        // A source namespace per fixture: each sees exactly its own sources.
+        let source = format!("source-{index}");
+        api.create_namespace(&source, &[]).await;
+        write_sources(&client, &source, fixture.sources.as_ref().unwrap()).await;
+        let config = config_for(fixture, &source, api.dir());
+        let certs = api.dir().join(format!("certs-{index}"));
+        let globals = common::fixtures().join("global-secrets");
+        let replica = Replica::start(
+            api.dir(),
+            api.kubeconfig(),
+            "https://unused.invalid/mutate",
+            &fixture.name,
+            &[
+                "--local",
+                "--config",
+                config.to_str().unwrap(),
+                "--cert-dir",
+                certs.to_str().unwrap(),
+                "--global-secrets-dir",
+                globals.to_str().unwrap(),
+            ],
+        )
+        .await;
+        let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+        let mut https = common::client_to(([127, 0, 0, 1], replica.port).into(), &ca).await;
+        let before = injections(&replica.metrics().await);
+        let body = serde_json::to_vec(&fixture.review).unwrap();
+        let (status, response) = https.post("/mutate", body).await;
+        if status != 200 {
+            failures.push(format!("{}: HTTP {status}: {response}", fixture.name));
+        } else if let Err(why) = check(fixture, &response) {
+            failures.push(format!("{}: {why}\n{}", fixture.name, replica.log()));
+        }
+        let counted = counted_since(&before, &injections(&replica.metrics().await));
+        if let Err(why) = check_injected(fixture, "the metric counted", &counted) {
+            failures.push(why);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} Embedded fixture(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// A cluster with Flyte 2's source namespace, a task namespace, the webhook's RBAC and mirror
+/// policy, and one replica running as the webhook's ServiceAccount in Mirror mode.
+struct Flyte2 {
+    api: ApiServer,
+    replica: Replica,
+}
+
+impl Flyte2 {
+    async fn start(test: &str) -> Option<Flyte2> {
+        let api = ApiServer::start(test).await?;
+        api.create_namespace(NAMESPACE, &[]).await;
+        api.create_namespace(SOURCE, &[]).await;
+        api.create_namespace(TASKS, &[("organization", "acme")])
+            .await;
+        let client = api.client();
+        install_rbac(
+            &client,
+            &[
+                "deploy/base/rbac.yaml",
+                "deploy/components/embedded/rbac.yaml",
+            ],
+        )
+        .await;
+        install_mirror_policy(&client).await;
+        let as_webhook = impersonating(&api, SERVICE_ACCOUNT);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://localhost:{}/mutate",
+            listener.local_addr().unwrap().port()
+        );
+        let backends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        tokio::spawn(balance(listener, backends.clone()));
+        let config = common::workspace().join("deploy/components/embedded/config.yaml");
+        let text = std::fs::read_to_string(config)
+            .unwrap()
+            .replace("cacheInvalidationPort: 9444", "cacheInvalidationPort: 0");
+        let config = api.dir().join("embedded.yaml");
+        std::fs::write(&config, text).unwrap();
+        let replica = Replica::start(
+            api.dir(),
+            &as_webhook,
+            &url,
+            "webhook",
+            &["--config", config.to_str().unwrap()],
+        )
+        .await;
+        backends.lock().unwrap().push(replica.port);
+        replica.wait_ready().await;
+        Some(Flyte2 { api, replica })
+    }
+
+    fn client(&self) -> kube::Client {
+        self.api.client()
+    }
+
+    async fn set_source(&self, id: &str, value: Option<&str>) {
+        let api: Api<Secret> = Api::namespaced(self.client(), SOURCE);
+        let name = k8s_secret_name(id);
+        match value {
+            Some(value) => {
+                let secret = source(id, value.as_bytes());
+                api.patch(
+                    &name,
+                    &PatchParams::apply("test").force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .unwrap();
+            }
+            None => {
+                api.delete(&name, &DeleteParams::default()).await.unwrap();
+            }
+        }
+    }
+
+    async fn mirror(&self, id: &str) -> Option<Secret> {
+        let api: Api<Secret> = Api::namespaced(self.client(), TASKS);
+        api.get_opt(&mirror_name(id)).await.unwrap()
+    }
+
+    /// Waits until the mirror of `id` holds `value` (`None`: until it is gone).
+    async fn wait_for_mirror(&self, id: &str, value: Option<&str>) -> Duration {
+        let started = Instant::now();
+        loop {
+            let held = self
+                .mirror(id)
+                .await
+                .and_then(|secret| secret.data?.get("value").map(|v| v.0.clone()));
+            if held.as_deref() == value.map(str::as_bytes) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "mirror of {id} holds {:?}, not {value:?}\n{}",
+                held.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                self.replica.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates a task pod asking for `annotations`' secrets, with `labels`; dry-run when asked.
+    async fn create_pod(
+        &self,
+        name: &str,
+        labels: Value,
+        annotations: Value,
+        dry_run: bool,
+    ) -> Result<Pod, String> {
+        let mut all_labels = json!({"inject-flyte-secrets": "true"});
+        for (key, value) in labels.as_object().unwrap() {
+            all_labels[key] = value.clone();
+        }
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": all_labels, "annotations": annotations},
+            "spec": {"containers": [{"name": "main", "image": "python:3.12"}]}
+        }))
+        .unwrap();
+        let pods: Api<Pod> = Api::namespaced(self.client(), TASKS);
+        let params = PostParams {
+            dry_run,
+            ..PostParams::default()
+        };
+        pods.create(&params, &pod)
+            .await
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// deploy/components/embedded/mirror-policy.yaml, as an administrator applies it.
+async fn install_mirror_policy(client: &kube::Client) {
+    let path = common::workspace().join("deploy/components/embedded/mirror-policy.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let post = PostParams::default();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let object: Value = serde::Deserialize::deserialize(document).unwrap();
+        match object["kind"].as_str().unwrap() {
+            "ValidatingAdmissionPolicy" => {
+                let api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+                api.create(&post, &serde_json::from_value(object).unwrap())
+                    .await
+                    .unwrap();
+            }
+            "ValidatingAdmissionPolicyBinding" => {
+                let api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+                api.create(&post, &serde_json::from_value(object).unwrap())
+                    .await
+                    .unwrap();
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+fn scope() -> Scope {
+    Scope {
+        org: "acme".into(),
+        domain: "development".into(),
+        project: "flytesnacks".into(),
+    }
+}
+
+fn scope_labels() -> Value {
+    json!({"organization": "acme", "project": "flytesnacks", "domain": "development"})
+}
+
+/// `flyte.secrets/s<N>` annotations asking for `keys` (ENV_VAR; FILE for names ending in
+/// `.pem`), encoded as Flyte does.
+fn requests(keys: &[&str]) -> Value {
+    let secrets: Vec<secrets_policy::Secret> = keys
+        .iter()
+        .map(|key| secrets_policy::Secret {
+            key: (*key).to_owned(),
+            mount_requirement: if key.ends_with(".pem") {
+                secrets_policy::MountRequirement::File
+            } else {
+                secrets_policy::MountRequirement::EnvVar
+            },
+            ..secrets_policy::Secret::default()
+        })
+        .collect();
+    let pairs = secrets_policy::annotations::encode_requests(&secrets).unwrap();
+    Value::Object(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    )
+}
+
+/// The Secret the env var `name` of the pod's container refers to.
+fn env_secret(pod: &Pod, name: &str) -> Option<String> {
+    let env = pod.spec.as_ref()?.containers[0].env.as_ref()?;
+    let var = env.iter().find(|var| var.name == name)?;
+    Some(
+        var.value_from
+            .as_ref()?
+            .secret_key_ref
+            .as_ref()?
+            .name
+            .clone(),
+    )
+}
+
+/// Waits until the API server calls the webhook for new pods (it reads the configuration a
+/// moment after the webhook registers it).
+async fn wait_until_injecting(flyte: &Flyte2) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pod = flyte
+            .create_pod("probe", scope_labels(), requests(&["db"]), true)
+            .await;
+        if let Ok(pod) = &pod
+            && env_secret(pod, "_UNION_DB").is_some()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods are not mutated: {pod:?}\n{}",
+            flyte.replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_mode_through_the_api_server() {
+    let Some(flyte) = Flyte2::start("mirror_mode_through_the_api_server").await else {
+        return;
+    };
+    let [project, _, org] = scope().cascade();
+    let db_project = project.secret_id("db");
+    let db_org = org.secret_id("db");
+    flyte.set_source(&db_org, Some("org value")).await;
+    flyte.set_source(&db_project, Some("project value")).await;
+    flyte
+        .set_source(
+            &org.secret_id("ca.pem"),
+            Some("-----BEGIN CERTIFICATE-----"),
+        )
+        .await;
+    wait_until_injecting(&flyte).await;
+    // The probes were dry runs: nothing was written for them.
+    assert!(
+        flyte.mirror(&db_project).await.is_none(),
+        "a dry run wrote a mirror"
+    );
+
+    // Stored pods hold no value; they refer to mirrors of the narrowest scope.
+    let pod = flyte
+        .create_pod("task-1", scope_labels(), requests(&["db", "ca.pem"]), false)
+        .await
+        .unwrap();
+    let stored = serde_json::to_string(&pod).unwrap();
+    assert!(
+        !stored.contains("project value") && !stored.contains("BEGIN CERTIFICATE"),
+        "{stored}"
+    );
+    assert_eq!(
+        env_secret(&pod, "_UNION_DB").as_deref(),
+        Some(mirror_name(&db_project).as_str())
+    );
+    let volume = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap().iter();
+    let projected: Vec<String> = volume
+        .filter_map(|v| v.projected.as_ref()?.sources.clone())
+        .flatten()
+        .filter_map(|source| Some(source.secret?.name))
+        .collect();
+    assert_eq!(projected, [mirror_name(&org.secret_id("ca.pem"))]);
+    flyte
+        .wait_for_mirror(&db_project, Some("project value"))
+        .await;
+    let mirror = flyte.mirror(&db_project).await.unwrap();
+    let labels = mirror.metadata.labels.unwrap();
+    assert_eq!(labels["secrets-webhook.flyte.org/mirror"], "true");
+
+    // A changed source reaches the mirror, so the next pod (and this one's files) read it.
+    flyte.set_source(&db_project, Some("rotated")).await;
+    let followed_in = flyte.wait_for_mirror(&db_project, Some("rotated")).await;
+    let pod = flyte
+        .create_pod("task-2", scope_labels(), requests(&["db"]), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        env_secret(&pod, "_UNION_DB").as_deref(),
+        Some(mirror_name(&db_project).as_str())
+    );
+
+    // A deleted project-scope source takes its mirror with it; new pods fall back to the org.
+    flyte.set_source(&db_project, None).await;
+    flyte.wait_for_mirror(&db_project, None).await;
+    // The webhook's store sees the deletion through its watch: retry until it does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pod = loop {
+        let pod = flyte
+            .create_pod("task-3", scope_labels(), requests(&["db"]), false)
+            .await
+            .unwrap();
+        if env_secret(&pod, "_UNION_DB") == Some(mirror_name(&db_org)) {
+            break pod;
+        }
+        Api::<Pod>::namespaced(flyte.client(), TASKS)
+            .delete("task-3", &DeleteParams::default())
+            .await
+            .unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "still {:?}",
+            env_secret(&pod, "_UNION_DB")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(pod);
+    flyte.wait_for_mirror(&db_org, Some("org value")).await;
+
+    // Refusals name what is wrong.
+    let no_org = json!({"project": "flytesnacks", "domain": "development"});
+    let err = flyte
+        .create_pod("no-org", no_org, requests(&["db"]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("empty organization field in the pod labels"),
+        "{err}"
+    );
+    let err = flyte
+        .create_pod("absent", scope_labels(), requests(&["absent"]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("\"absent\" not found across all scopes"),
+        "{err}"
+    );
+    let forged = json!({"organization": "acme", "project": "payroll", "domain": "development"});
+    let err = flyte
+        .create_pod("forged", forged, requests(&["db"]), false)
+        .await
+        .unwrap_err();
+    assert!(err.contains("payroll-development"), "{err}");
+
+    // A server-side dry run writes nothing, even for a secret no pod has used.
+    let fresh = org.secret_id("fresh");
+    flyte.set_source(&fresh, Some("f")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match flyte
+            .create_pod("dry", scope_labels(), requests(&["fresh"]), true)
+            .await
+        {
+            Ok(pod) => {
+                assert_eq!(env_secret(&pod, "_UNION_FRESH"), Some(mirror_name(&fresh)));
+                break;
+            }
+            Err(err) => assert!(Instant::now() < deadline, "{err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        flyte.mirror(&fresh).await.is_none(),
+        "a dry run wrote a mirror"
+    );
+
+    // The mirror policy holds: as the webhook, a Secret that is not a mirror cannot be changed.
+    let as_webhook = impersonating(&flyte.api, SERVICE_ACCOUNT);
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&as_webhook).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let webhook = kube::Client::try_from(config).unwrap();
+    let admin: Api<Secret> = Api::namespaced(flyte.client(), TASKS);
+    let theirs = Secret {
+        metadata: ObjectMeta {
+            name: Some("team-credentials".into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([("k".into(), "v".into())])),
+        ..Secret::default()
+    };
+    admin.create(&PostParams::default(), &theirs).await.unwrap();
+    let as_webhook: Api<Secret> = Api::namespaced(webhook, TASKS);
+    let relabel = json!({"metadata": {"labels": {"secrets-webhook.flyte.org/mirror": "true"}}});
+    let err = as_webhook
+        .patch(
+            "team-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(&relabel),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("may only write Secrets labelled"),
+        "{err}"
+    );
+    let err = as_webhook
+        .delete("team-credentials", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("may only write Secrets labelled"),
+        "{err}"
+    );
+    // Nor read one.
+    let err = as_webhook.get("team-credentials").await.unwrap_err();
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    println!("a changed source reached its mirror in {followed_in:?}");
+}
