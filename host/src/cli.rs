@@ -456,6 +456,17 @@ async fn embedded(config: &Config) -> Result<Option<Arc<Embedded>>> {
     let Some(embedded) = &config.embedded else {
         return Ok(None);
     };
+    let settings =
+        secrets_policy::Settings::from_json(&config.settings).map_err(anyhow::Error::msg)?;
+    if !settings
+        .embedded_secret_manager_config
+        .bind_scope_to_namespace
+    {
+        tracing::warn!(
+            "embeddedSecretManagerConfig.bindScopeToNamespace is false: a pod's scope labels are \
+             trusted, so any pod may read any project's secrets by naming its scope"
+        );
+    }
     let client = kube::Client::try_default().await.context(
         "the Embedded manager reads secrets from the cluster: no Kubernetes API server found \
          (in-cluster, KUBECONFIG or ~/.kube/config)",

@@ -55,7 +55,7 @@ pub struct Patched {
 /// What the policy knows of the admission request besides the pod.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Admission<'a> {
-    /// The namespace the pod is created in.
+    /// The namespace the pod is created in; "" to take the pod's own `metadata.namespace`.
     pub namespace: &'a str,
 }
 
@@ -70,9 +70,12 @@ pub struct Injection {
 /// Decides what to do with `pod` (a Pod object), returning the pod as it would be stored. For
 /// front doors that hold the pod as a tree already (Kubewarden); the webhook uses [`mutate_json`].
 pub fn decide(settings: &Settings, pod: &Value, globals: &dyn GlobalSecrets) -> Decision {
-    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-    let admission = Admission { namespace };
-    decide_review(settings, &admission, pod, Host::globals_only(globals))
+    decide_review(
+        settings,
+        &Admission::default(),
+        pod,
+        Host::globals_only(globals),
+    )
 }
 
 /// [`decide`] with everything the host offers, for a pod created as `admission` says.
@@ -137,12 +140,18 @@ fn edit(
             )));
         }
     };
+    // The request's namespace is the one the pod is created in; the pod's own, when the request
+    // names none (`decide`, the `mutate` command).
+    let namespace = match (admission.namespace, &view.namespace) {
+        ("", Some(own)) => own.as_str().to_owned(),
+        (request, _) => request.to_owned(),
+    };
     let mut pod = Pod::new(view);
     let cx = Context {
         settings,
         globals: host.globals,
         host,
-        namespace: admission.namespace,
+        namespace: &namespace,
         mirrors: Default::default(),
     };
     let mut injections = Vec::new();

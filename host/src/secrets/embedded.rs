@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::k8s::{K8sBackend, SourceChange};
 use super::mirror::{self, Mirror};
-use super::store::Store;
+use super::store::{Backend, Store};
 use crate::config::{EmbeddedConfig, StoreType};
 
 /// A lookup that takes longer than this fails the pod rather than the API server's call.
@@ -28,7 +28,8 @@ const SWEEP_GRACE: Duration = Duration::from_secs(600);
 pub struct Embedded {
     store: Arc<Store>,
     namespaces: reflector::Store<Namespace>,
-    client: kube::Client,
+    /// `None` for one held in memory: it writes no mirrors.
+    client: Option<kube::Client>,
 }
 
 impl Embedded {
@@ -76,7 +77,7 @@ impl Embedded {
         let embedded = Arc::new(Self {
             store: Arc::new(Store::new(backend, None)),
             namespaces,
-            client: client.clone(),
+            client: Some(client.clone()),
         });
         tokio::spawn(follow_sources(
             client.clone(),
@@ -94,6 +95,20 @@ impl Embedded {
             "Embedded manager ready: secrets from Kubernetes Secrets"
         );
         Ok(embedded)
+    }
+
+    /// A store and namespaces held in memory, with no cluster to write mirrors to: the request
+    /// path alone, for benchmarks.
+    pub fn in_memory(backend: Arc<dyn Backend>, namespaces: Vec<Namespace>) -> Arc<Self> {
+        let (reader, mut writer) = reflector::store();
+        for namespace in namespaces {
+            writer.apply_watcher_event(&watcher::Event::Apply(namespace));
+        }
+        Arc::new(Self {
+            store: Arc::new(Store::new(backend, None)),
+            namespaces: reader,
+            client: None,
+        })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -126,13 +141,16 @@ impl Embedded {
         namespace: &str,
         mirrors: &[(String, Vec<u8>)],
     ) -> Result<()> {
+        let Some(client) = &self.client else {
+            bail!("this store has no cluster to write mirrors to");
+        };
         let writes = mirrors.iter().map(|(id, value)| {
             let mirror = Mirror {
                 namespace,
                 id,
                 value,
             };
-            async move { mirror::apply(&self.client, &mirror).await }
+            async move { mirror::apply(client, &mirror).await }
         });
         for written in futures::future::join_all(writes).await {
             written?;

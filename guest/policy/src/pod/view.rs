@@ -46,6 +46,8 @@ pub struct PodView<'a> {
     pub has_metadata: bool,
     pub labels: Option<StrMap<'a>>,
     pub annotations: Option<StrMap<'a>>,
+    /// `metadata.namespace`, when the pod names one.
+    pub namespace: Option<Str<'a>>,
     /// `None` when the pod has no spec, or when it was not read because nothing will be injected.
     pub spec: Option<Spec<'a>>,
 }
@@ -209,6 +211,8 @@ pub struct KeyToPath<'a> {
 #[serde(remote = "Self")]
 struct Metadata<'a> {
     #[serde(borrow, default)]
+    namespace: Option<Str<'a>>,
+    #[serde(borrow, default)]
     labels: Option<StrMap<'a>>,
     #[serde(borrow, default)]
     annotations: Option<StrMap<'a>>,
@@ -280,6 +284,7 @@ impl<'de: 'a, 'a> Visitor<'de> for PodVisitor<'a> {
                         pod.has_metadata = true;
                         pod.labels = metadata.labels;
                         pod.annotations = metadata.annotations;
+                        pod.namespace = metadata.namespace;
                     }
                     if !pod.wants_secrets() {
                         pod.spec = None;
