@@ -67,6 +67,13 @@ struct EmbeddedKeys {
     #[serde(rename = "type")]
     store: Option<StoreType>,
     k8s_config: K8sKeys,
+    aws_config: AwsKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AwsKeys {
+    region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +99,8 @@ pub struct EmbeddedConfig {
     pub store: StoreType,
     /// The K8s store's namespace (Flyte 2's `k8sConfig.namespace`, default `flyte`).
     pub k8s_namespace: String,
+    /// The AWS store's region (`awsConfig.region`); the SDK's own lookup when unset.
+    pub aws_region: Option<String>,
     /// Flyte 2's `cacheInvalidationPort` (default 9444); `None` when 0 turns it off.
     pub invalidation_port: Option<u16>,
 }
@@ -196,6 +205,7 @@ fn embedded_config(webhook: &serde_json::Value, host: &HostKeys) -> Result<Optio
             .namespace
             .clone()
             .unwrap_or_else(|| "flyte".to_owned()),
+        aws_region: keys.aws_config.region.clone(),
         invalidation_port: match host.cache_invalidation_port {
             Some(0) => None,
             Some(port) => Some(port),
@@ -263,6 +273,7 @@ mod tests {
             Some(EmbeddedConfig {
                 store: StoreType::K8s,
                 k8s_namespace: "flyte".to_owned(),
+                aws_region: None,
                 invalidation_port: Some(9444),
             })
         );

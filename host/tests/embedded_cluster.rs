@@ -17,9 +17,6 @@ use common::envtest::ApiServer;
 use common::fixture::{Fixture, check, check_injected, counted_since, injections, load_fixtures};
 use common::replica::{NAMESPACE, Replica, SERVICE_ACCOUNT, balance, impersonating, install_rbac};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -153,10 +150,10 @@ impl Flyte2 {
             &[
                 "deploy/base/rbac.yaml",
                 "deploy/components/embedded/rbac.yaml",
+                "deploy/components/embedded/mirror-policy.yaml",
             ],
         )
         .await;
-        install_mirror_policy(&client).await;
         let as_webhook = impersonating(&api, SERVICE_ACCOUNT);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!(
@@ -259,31 +256,6 @@ impl Flyte2 {
         pods.create(&params, &pod)
             .await
             .map_err(|err| err.to_string())
-    }
-}
-
-/// deploy/components/embedded/mirror-policy.yaml, as an administrator applies it.
-async fn install_mirror_policy(client: &kube::Client) {
-    let path = common::workspace().join("deploy/components/embedded/mirror-policy.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let post = PostParams::default();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let object: Value = serde::Deserialize::deserialize(document).unwrap();
-        match object["kind"].as_str().unwrap() {
-            "ValidatingAdmissionPolicy" => {
-                let api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
-            }
-            "ValidatingAdmissionPolicyBinding" => {
-                let api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
-            }
-            other => panic!("unexpected {other}"),
-        }
     }
 }
 
@@ -541,4 +513,196 @@ async fn mirror_mode_through_the_api_server() {
     let err = as_webhook.get("team-credentials").await.unwrap_err();
     assert!(err.to_string().contains("forbidden"), "{err}");
     println!("a changed source reached its mirror in {followed_in:?}");
+    report_creation_times(&flyte).await;
+}
+
+/// Pod creation through the API server, side by side: pods the webhook is not called for, and
+/// Embedded pods (Mirror mode, one secret, its mirror written once then reused). Printed for
+/// BENCHMARKS.md; nothing is asserted on time.
+async fn report_creation_times(flyte: &Flyte2) {
+    let pods: Api<Pod> = Api::namespaced(flyte.client(), TASKS);
+    let median = |label: &str, mut times: Vec<Duration>| {
+        times.sort();
+        let p50 = times[times.len() / 2];
+        println!("pod creation p50, {label}: {p50:?} (n={})", times.len());
+        p50
+    };
+    let served = |text: &str| {
+        let series = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or_default()
+        };
+        (
+            series("secrets_webhook_review_duration_seconds_sum"),
+            series("secrets_webhook_review_duration_seconds_count"),
+        )
+    };
+    let before = served(&flyte.replica.metrics().await);
+    let mut plain = Vec::new();
+    let mut embedded = Vec::new();
+    for round in 0..30 {
+        let started = Instant::now();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("plain-{round}")},
+            "spec": {"containers": [{"name": "main", "image": "python:3.12"}]}
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        plain.push(started.elapsed());
+        let started = Instant::now();
+        let name = format!("embedded-{round}");
+        flyte
+            .create_pod(&name, scope_labels(), requests(&["db"]), false)
+            .await
+            .unwrap();
+        embedded.push(started.elapsed());
+    }
+    let after = served(&flyte.replica.metrics().await);
+    println!(
+        "the webhook's own time per review (mean): {:?}",
+        Duration::from_secs_f64((after.0 - before.0) / (after.1 - before.1).max(1.0))
+    );
+    let plain = median("no webhook call", plain);
+    let embedded = median("Embedded Mirror, one secret", embedded);
+    println!(
+        "Embedded adds {:?} at p50 ({:.2}x)",
+        embedded.saturating_sub(plain),
+        embedded.as_secs_f64() / plain.as_secs_f64()
+    );
+}
+
+/// The AWS store through `serve`: a Mirror pod's secret comes from Secrets Manager (moto), and an
+/// invalidation after a write brings the mirror in line.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_store_through_the_server() {
+    let test = "aws_store_through_the_server";
+    let Some(moto) = common::tools::find_or("MOTO_SERVER", test, "eval \"$(.ci/moto)\"") else {
+        return;
+    };
+    let Some(api) = ApiServer::start(test).await else {
+        return;
+    };
+    api.create_namespace(TASKS, &[("organization", "acme")])
+        .await;
+    let port = common::envtest::free_port();
+    let mut moto = std::process::Command::new(moto)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(secrets_webhook::secrets::aws::http_client())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    let admin = aws_sdk_secretsmanager::Client::new(&config);
+    let id = scope().cascade()[2].secret_id("db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(err) = admin
+        .create_secret()
+        .name(&id)
+        .secret_string("from aws")
+        .send()
+        .await
+    {
+        assert!(Instant::now() < deadline, "moto: {err:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let invalidation = common::envtest::free_port();
+    let config = api.dir().join("aws.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "webhook:\n  secretManagerTypes: [Embedded]\n  secretEnvVarPrefix: _UNION_\n  \
+             cacheInvalidationPort: {invalidation}\n  embeddedSecretManagerConfig:\n    \
+             type: AWS\n    awsConfig: {{region: us-east-1}}\n"
+        ),
+    )
+    .unwrap();
+    let certs = api.dir().join("certs");
+    let replica = Replica::start_with_env(
+        api.dir(),
+        api.kubeconfig(),
+        "https://unused.invalid/mutate",
+        "aws",
+        &[
+            "--local",
+            "--config",
+            config.to_str().unwrap(),
+            "--cert-dir",
+            certs.to_str().unwrap(),
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    )
+    .await;
+
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "task", "namespace": TASKS,
+                     "labels": {"inject-flyte-secrets": "true", "organization": "acme",
+                                "project": "flytesnacks", "domain": "development"},
+                     "annotations": requests(&["db"])},
+        "spec": {"containers": [{"name": "main", "image": "python:3.12"}]}
+    });
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "aws-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "namespace": TASKS, "operation": "CREATE", "object": pod}
+    });
+    let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+    let mut https = common::client_to(([127, 0, 0, 1], replica.port).into(), &ca).await;
+    let (status, response) = https
+        .post("/mutate", serde_json::to_vec(&review).unwrap())
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        response["response"]["allowed"],
+        true,
+        "{response}\n{}",
+        replica.log()
+    );
+    let mirrors: Api<Secret> = Api::namespaced(api.client(), TASKS);
+    let value = |secret: Secret| secret.data.unwrap()["value"].0.clone();
+    let mirror = mirrors.get(&mirror_name(&id)).await.unwrap();
+    assert_eq!(value(mirror), b"from aws");
+
+    // Flyte 2's secret service writes, then invalidates: the mirror follows.
+    admin
+        .put_secret_value()
+        .secret_id(&id)
+        .secret_string("rotated in aws")
+        .send()
+        .await
+        .unwrap();
+    let body = r#"{"org":"acme","domain":"development","project":"flytesnacks","name":"db"}"#;
+    let answer = common::plain_http(invalidation, "POST", "/invalidate-secret", body).await;
+    assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mirror = mirrors.get(&mirror_name(&id)).await.unwrap();
+        if value(mirror) == b"rotated in aws" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror did not follow:\n{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = moto.kill();
+    let _ = moto.wait();
 }

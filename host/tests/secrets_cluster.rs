@@ -167,10 +167,24 @@ async fn the_invalidation_endpoint_speaks_flyte_2s_protocol() {
         }
     }
     let store = Arc::new(Store::new(Arc::new(Nothing), Some(Duration::from_secs(60))));
-    let addr = secrets_webhook::secrets::invalidation::serve("127.0.0.1:0".parse().unwrap(), store)
-        .await
-        .unwrap();
+    let (told, mut invalidated) = tokio::sync::mpsc::unbounded_channel();
+    let addr = secrets_webhook::secrets::invalidation::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        store,
+        move |ids| {
+            let _ = told.send(ids);
+        },
+    )
+    .await
+    .unwrap();
     let ok = r#"{"org":"acme","domain":"development","project":"ml","name":"db"}"#;
+    assert!(
+        request(addr.port(), "POST", ok)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    // The three scopes' ids are passed on (mirrors are brought in line with what is read next).
+    assert_eq!(invalidated.recv().await.unwrap().len(), 3);
     assert!(
         request(addr.port(), "POST", ok)
             .await

@@ -3,7 +3,7 @@
 //! store and the namespaces, and writes the mirrors.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
@@ -30,6 +30,43 @@ pub struct Embedded {
     namespaces: reflector::Store<Namespace>,
     /// `None` for one held in memory: it writes no mirrors.
     client: Option<kube::Client>,
+    written: Written,
+}
+
+/// A mirror written a moment ago with the same value is not written again for each pod: every
+/// write is an etcd write (its last-used time changes). After `REWRITE_AFTER` it is, so a mirror
+/// deleted by hand comes back and the sweep sees it in use.
+const REWRITE_AFTER: Duration = Duration::from_secs(60);
+
+/// Mirrors this replica wrote: (namespace, id) → (hash of the value, when).
+#[derive(Default)]
+struct Written(std::sync::Mutex<std::collections::HashMap<(String, String), (u64, Instant)>>);
+
+impl Written {
+    fn key(namespace: &str, id: &str, value: &[u8]) -> ((String, String), u64) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        value.hash(&mut hasher);
+        ((namespace.to_owned(), id.to_owned()), hasher.finish())
+    }
+
+    fn fresh(&self, namespace: &str, id: &str, value: &[u8]) -> bool {
+        let (key, hash) = Self::key(namespace, id, value);
+        let written = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        written
+            .get(&key)
+            .is_some_and(|(h, at)| *h == hash && at.elapsed() < REWRITE_AFTER)
+    }
+
+    fn record(&self, namespace: &str, id: &str, value: &[u8]) {
+        let (key, hash) = Self::key(namespace, id, value);
+        let mut written = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Old entries only cost a rewrite; keep the map from growing without bound.
+        if written.len() > 100_000 {
+            written.retain(|_, (_, at)| at.elapsed() < REWRITE_AFTER);
+        }
+        written.insert(key, (hash, Instant::now()));
+    }
 }
 
 impl Embedded {
@@ -37,18 +74,9 @@ impl Embedded {
     /// configured, the invalidation endpoint. Returns once the store and the namespaces are
     /// listed: before that every secret would look missing.
     pub async fn start(client: kube::Client, config: &EmbeddedConfig) -> Result<Arc<Self>> {
-        if config.store != StoreType::K8s {
-            bail!(
-                "embeddedSecretManagerConfig.type {:?} is not supported by this build yet; use K8s",
-                config.store
-            );
-        }
-        let (changed, changes) = mpsc::unbounded_channel();
-        let (backend, follow) =
-            K8sBackend::start(client.clone(), &config.k8s_namespace, move |change| {
-                let _ = changed.send(change);
-            });
-        tokio::spawn(follow);
+        // Source ids seen to change: by the K8s store's watch, or named by an invalidation.
+        let (changed, changes) = mpsc::unbounded_channel::<SourceChange>();
+        let (store, listed) = store(&client, config, changed.clone()).await?;
         let (namespaces, writer) = reflector::store();
         let api: Api<Namespace> = Api::all(client.clone());
         let reflect = reflector::reflector(writer, watcher(api, watcher::Config::default()))
@@ -61,39 +89,40 @@ impl Embedded {
             });
         tokio::spawn(reflect);
         let ready = async {
-            backend.ready().await?;
+            if let Some(listed) = listed {
+                listed.ready().await?;
+            }
             namespaces.wait_until_ready().await?;
             anyhow::Ok(())
         };
         tokio::time::timeout(Duration::from_secs(60), ready)
             .await
             .context("listing the secrets source and the namespaces took over a minute")?
-            .with_context(|| {
-                format!(
-                    "listing Secrets in {} and the namespaces",
-                    config.k8s_namespace
-                )
-            })?;
+            .context("listing the secrets source and the namespaces")?;
         let embedded = Arc::new(Self {
-            store: Arc::new(Store::new(backend, None)),
+            store,
             namespaces,
             client: Some(client.clone()),
+            written: Written::default(),
         });
-        tokio::spawn(follow_sources(
-            client.clone(),
-            embedded.namespaces.clone(),
-            changes,
-        ));
+        tokio::spawn(follow_sources(client.clone(), embedded.clone(), changes));
         tokio::spawn(sweep(client));
         if let Some(port) = config.invalidation_port {
             let listen = std::net::SocketAddr::from(([0, 0, 0, 0], port));
-            let addr = super::invalidation::serve(listen, embedded.store.clone()).await?;
+            let on_invalidate = move |ids: Vec<String>| {
+                for id in ids {
+                    let _ = changed.send(SourceChange {
+                        id,
+                        value: None,
+                        refetch: true,
+                    });
+                }
+            };
+            let addr =
+                super::invalidation::serve(listen, embedded.store.clone(), on_invalidate).await?;
             tracing::info!(%addr, "serving Flyte 2's POST /invalidate-secret over plain HTTP");
         }
-        tracing::info!(
-            source = config.k8s_namespace,
-            "Embedded manager ready: secrets from Kubernetes Secrets"
-        );
+        tracing::info!(store = ?config.store, "Embedded manager ready");
         Ok(embedded)
     }
 
@@ -108,6 +137,7 @@ impl Embedded {
             store: Arc::new(Store::new(backend, None)),
             namespaces: reader,
             client: None,
+            written: Written::default(),
         })
     }
 
@@ -117,7 +147,12 @@ impl Embedded {
 
     /// `secret-store.lookup`: one id in one scope.
     pub async fn lookup(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
-        match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.get(id)).await {
+        // Outside a runtime (a benchmark's own executor) there is no timer, and nothing to wait on.
+        let read = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::time::timeout(LOOKUP_TIMEOUT, self.store.get(id)).await,
+            Err(_) => Ok(self.store.get(id).await),
+        };
+        match read {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(format!("{err:#}")),
             Err(_) => Err(format!(
@@ -144,13 +179,20 @@ impl Embedded {
         let Some(client) = &self.client else {
             bail!("this store has no cluster to write mirrors to");
         };
-        let writes = mirrors.iter().map(|(id, value)| {
+        let stale = mirrors
+            .iter()
+            .filter(|(id, value)| !self.written.fresh(namespace, id, value));
+        let writes = stale.map(|(id, value)| {
             let mirror = Mirror {
                 namespace,
                 id,
                 value,
             };
-            async move { mirror::apply(client, &mirror).await }
+            async move {
+                mirror::apply(client, &mirror).await?;
+                self.written.record(namespace, id, value);
+                anyhow::Ok(())
+            }
         });
         for written in futures::future::join_all(writes).await {
             written?;
@@ -160,21 +202,35 @@ impl Embedded {
 }
 
 /// Brings the mirrors of every changed source in line, in every namespace (a mirror is looked
-/// for by name: the webhook may not list Secrets outside the source namespace). Every replica
-/// does it: a mirror already in line is not written again.
+/// for by name: the webhook may not list Secrets outside the source namespace). An invalidated id
+/// is read again first. Every replica does it: a mirror already in line is not written again.
 async fn follow_sources(
     client: kube::Client,
-    namespaces: reflector::Store<Namespace>,
+    embedded: Arc<Embedded>,
     mut changes: mpsc::UnboundedReceiver<SourceChange>,
 ) {
     while let Some(change) = changes.recv().await {
-        let names: Vec<String> = namespaces
+        let value = match change.refetch {
+            false => change.value,
+            true => match embedded.store.get(&change.id).await {
+                Ok(value) => value,
+                Err(err) => {
+                    tracing::warn!(
+                        id = change.id,
+                        error = format!("{err:#}"),
+                        "reading an invalidated secret"
+                    );
+                    continue;
+                }
+            },
+        };
+        let names: Vec<String> = embedded
+            .namespaces
             .state()
             .iter()
             .filter_map(|namespace| namespace.metadata.name.clone())
             .collect();
-        let value = change.value.as_deref();
-        match mirror::follow_source(&client, &names, &change.id, value).await {
+        match mirror::follow_source(&client, &names, &change.id, value.as_deref()).await {
             Ok(0) => {}
             Ok(changed) => tracing::info!(id = change.id, changed, "mirrors follow their source"),
             Err(err) => {
@@ -187,6 +243,48 @@ async fn follow_sources(
         }
     }
 }
+
+/// The configured store, and for the K8s one the backend whose first listing must be awaited.
+async fn store(
+    client: &kube::Client,
+    config: &EmbeddedConfig,
+    changed: mpsc::UnboundedSender<SourceChange>,
+) -> Result<(Arc<Store>, Option<Arc<K8sBackend>>)> {
+    match config.store {
+        StoreType::K8s => {
+            let (backend, follow) =
+                K8sBackend::start(client.clone(), &config.k8s_namespace, move |change| {
+                    let _ = changed.send(change);
+                });
+            tokio::spawn(follow);
+            tracing::info!(
+                source = config.k8s_namespace,
+                "secrets from Kubernetes Secrets"
+            );
+            // The watch keeps values current: nothing to cache.
+            Ok((Arc::new(Store::new(backend.clone(), None)), Some(backend)))
+        }
+        #[cfg(feature = "aws")]
+        StoreType::Aws => {
+            let backend = super::aws::AwsBackend::load(config.aws_region.as_deref()).await;
+            tracing::info!(region = ?config.aws_region, "secrets from AWS Secrets Manager");
+            Ok((
+                Arc::new(Store::new(Arc::new(backend), Some(CLOUD_TTL))),
+                None,
+            ))
+        }
+        other => bail!(
+            "embeddedSecretManagerConfig.type {other:?} is not supported by this build; \
+             use K8s{}",
+            if cfg!(feature = "aws") { " or AWS" } else { "" }
+        ),
+    }
+}
+
+/// How long a cloud store's value is used before it is read again; Flyte 2's secret service
+/// calls `/invalidate-secret` after every write, which drops it at once.
+#[cfg(feature = "aws")]
+const CLOUD_TTL: Duration = Duration::from_secs(300);
 
 /// Removes mirrors no pod refers to. Finding them takes listing Secrets in every namespace,
 /// which deploy/ grants only with the `embedded-sweep` component: without it the sweep stops

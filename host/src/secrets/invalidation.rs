@@ -33,20 +33,39 @@ struct Invalidation {
     name: String,
 }
 
-/// The answer to one request: status and a short text.
-pub fn handle(store: &Store, method: &Method, path: &str, body: &[u8]) -> (StatusCode, String) {
+/// The answer to one request: status and a short text, and the ids invalidated.
+pub fn handle(
+    store: &Store,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> (StatusCode, String, Vec<String>) {
     if path != PATH {
-        return (StatusCode::NOT_FOUND, "not found".to_owned());
+        return (StatusCode::NOT_FOUND, "not found".to_owned(), Vec::new());
     }
     if method != Method::POST {
-        return (StatusCode::METHOD_NOT_ALLOWED, "use POST".to_owned());
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST".to_owned(),
+            Vec::new(),
+        );
     }
     let request: Invalidation = match serde_json::from_slice(body) {
         Ok(request) => request,
-        Err(err) => return (StatusCode::BAD_REQUEST, format!("invalid JSON: {err}")),
+        Err(err) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON: {err}"),
+                Vec::new(),
+            );
+        }
     };
     if request.name.is_empty() {
-        return (StatusCode::BAD_REQUEST, "name is required".to_owned());
+        return (
+            StatusCode::BAD_REQUEST,
+            "name is required".to_owned(),
+            Vec::new(),
+        );
     }
     let scope = Scope {
         org: request.org,
@@ -62,31 +81,52 @@ pub fn handle(store: &Store, method: &Method, path: &str, body: &[u8]) -> (Statu
         cleared,
         "secret cache invalidated"
     );
-    (StatusCode::OK, "ok".to_owned())
+    let ids = scope
+        .cascade()
+        .iter()
+        .map(|scope| scope.secret_id(&request.name))
+        .collect();
+    (StatusCode::OK, "ok".to_owned(), ids)
 }
 
-/// Serves invalidations on `addr` until the process ends; returns the bound address.
-pub async fn serve(addr: SocketAddr, store: Arc<Store>) -> Result<SocketAddr> {
+/// Serves invalidations on `addr` until the process ends, telling `invalidated` which ids
+/// went; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    store: Arc<Store>,
+    invalidated: impl Fn(Vec<String>) + Send + Sync + 'static,
+) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the cache invalidation port {addr}"))?;
     let bound = listener.local_addr()?;
+    let invalidated = Arc::new(invalidated);
     crate::side_port::spawn(listener, move |request: Request<Incoming>| {
-        let store = store.clone();
-        async move { answer(&store, request).await }
+        let (store, invalidated) = (store.clone(), invalidated.clone());
+        async move {
+            let (response, ids) = answer(&store, request).await;
+            if !ids.is_empty() {
+                invalidated(ids);
+            }
+            response
+        }
     });
     Ok(bound)
 }
 
-async fn answer(store: &Store, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(store: &Store, request: Request<Incoming>) -> (Response<Full<Bytes>>, Vec<String>) {
     let (parts, body) = request.into_parts();
-    let (status, text) = match Limited::new(body, MAX_BODY).collect().await {
+    let (status, text, ids) = match Limited::new(body, MAX_BODY).collect().await {
         Ok(body) => handle(store, &parts.method, parts.uri.path(), &body.to_bytes()),
-        Err(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body too large".to_owned()),
+        Err(_) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body too large".to_owned(),
+            Vec::new(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(text)));
     *response.status_mut() = status;
-    response
+    (response, ids)
 }
 
 #[cfg(test)]
@@ -107,7 +147,16 @@ mod tests {
     fn flyte_2s_answers() {
         let store = Store::new(Arc::new(Nothing), Some(std::time::Duration::from_secs(60)));
         let ok = br#"{"org":"acme","domain":"development","project":"ml","name":"db"}"#;
-        assert_eq!(handle(&store, &Method::POST, PATH, ok).0, StatusCode::OK);
+        let (status, _, ids) = handle(&store, &Method::POST, PATH, ok);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            ids,
+            [
+                "u__org__acme__domain__development__project__ml__key__db",
+                "u__org__acme__domain__development__project____key__db",
+                "u__org__acme__domain____project____key__db",
+            ]
+        );
         assert_eq!(
             handle(&store, &Method::GET, PATH, b"").0,
             StatusCode::METHOD_NOT_ALLOWED

@@ -21,11 +21,13 @@ pub struct K8sBackend {
     secrets: reflector::Store<Secret>,
 }
 
-/// A source secret seen to change: its id, and its value (`None`: deleted).
+/// A source secret seen to change: its id, and its value (`None`: deleted), or a request to
+/// read it again (`refetch`: an invalidation said it changed).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SourceChange {
     pub id: String,
     pub value: Option<Vec<u8>>,
+    pub refetch: bool,
 }
 
 /// Every id a source Secret holds, with its value, or with none when the Secret went.
@@ -37,6 +39,7 @@ fn changes(secret: &Secret, deleted: bool) -> impl Iterator<Item = SourceChange>
         .map(move |(id, value)| SourceChange {
             id: id.clone(),
             value: (!deleted).then(|| value.0.clone()),
+            refetch: false,
         })
 }
 

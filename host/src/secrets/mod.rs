@@ -6,6 +6,8 @@
 //!
 //! The policy reaches it through its `secret-store` and `cluster` imports ([`embedded`]).
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod embedded;
 pub mod invalidation;
 pub mod k8s;

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Api;
 use kube::api::PostParams;
@@ -18,9 +21,9 @@ use super::envtest::ApiServer;
 pub const NAMESPACE: &str = "secrets-webhook";
 pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:secrets-webhook:secrets-webhook";
 
-/// Creates the RBAC objects of a deploy/ file, namespaced ones in the webhook's namespace unless
-/// they name another, as kustomize would place them. ServiceAccounts are left out:
-/// impersonation needs none.
+/// Creates the RBAC objects and admission policies of a deploy/ file, namespaced ones in the
+/// webhook's namespace unless they name another, as kustomize would place them. ServiceAccounts
+/// are left out: impersonation needs none.
 pub async fn install_roles(client: &kube::Client, text: &str) {
     for document in serde_yaml::Deserializer::from_str(text) {
         let mut object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
@@ -33,39 +36,40 @@ pub async fn install_roles(client: &kube::Client, text: &str) {
             .as_str()
             .unwrap_or(NAMESPACE)
             .to_owned();
-        let post = PostParams::default();
         match object["kind"].as_str().unwrap() {
-            "Role" => {
-                let api: Api<Role> = Api::namespaced(client.clone(), &namespace);
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
-            }
+            "Role" => create::<Role>(Api::namespaced(client.clone(), &namespace), object).await,
             "RoleBinding" => {
-                let api: Api<RoleBinding> = Api::namespaced(client.clone(), &namespace);
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
+                create::<RoleBinding>(Api::namespaced(client.clone(), &namespace), object).await
             }
-            "ClusterRole" => {
-                let api: Api<ClusterRole> = Api::all(client.clone());
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
-            }
+            "ClusterRole" => create::<ClusterRole>(Api::all(client.clone()), object).await,
             "ClusterRoleBinding" => {
-                let api: Api<ClusterRoleBinding> = Api::all(client.clone());
-                api.create(&post, &serde_json::from_value(object).unwrap())
-                    .await
-                    .unwrap();
+                create::<ClusterRoleBinding>(Api::all(client.clone()), object).await
+            }
+            "ValidatingAdmissionPolicy" => {
+                create::<ValidatingAdmissionPolicy>(Api::all(client.clone()), object).await
+            }
+            "ValidatingAdmissionPolicyBinding" => {
+                create::<ValidatingAdmissionPolicyBinding>(Api::all(client.clone()), object).await
             }
             "ServiceAccount" => {}
-            other => panic!("unexpected {other} in an RBAC file"),
+            other => panic!("unexpected {other} in a deploy/ file"),
         }
     }
 }
 
-/// Installs the RBAC files of deploy/ named relative to the workspace.
+async fn create<K>(api: Api<K>, object: serde_json::Value)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(object).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Installs the RBAC and admission-policy files of deploy/ named relative to the workspace.
 pub async fn install_rbac(client: &kube::Client, files: &[&str]) {
     for file in files {
         let text = std::fs::read_to_string(super::workspace().join(file)).unwrap();
@@ -102,6 +106,9 @@ pub async fn balance(listener: TcpListener, backends: Arc<std::sync::Mutex<Vec<u
             for at in 0..ports.len() {
                 let port = ports[(first + at) % ports.len()];
                 if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", port)).await {
+                    // As a Service's kernel forwarding would: no Nagle delays (40 ms stalls).
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     return;
                 }
@@ -130,6 +137,18 @@ impl Replica {
         name: &str,
         extra: &[&str],
     ) -> Replica {
+        Self::start_with_env(dir, kubeconfig, url, name, extra, &[]).await
+    }
+
+    /// [`Replica::start`] with more environment variables.
+    pub async fn start_with_env(
+        dir: &Path,
+        kubeconfig: &Path,
+        url: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Replica {
         let log = dir.join(format!("{name}.log"));
         let output = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_secrets-webhook"))
@@ -142,6 +161,7 @@ impl Replica {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
             .stderr(output)

@@ -8,6 +8,15 @@ use std::path::PathBuf;
 
 /// The program named by `variable`, or `None` after saying loudly that `test` is skipped.
 pub fn find(variable: &str, test: &str) -> Option<PathBuf> {
+    find_or(
+        variable,
+        test,
+        "eval \"$(../shared/tools/unpack target/tools)\"",
+    )
+}
+
+/// [`find`] for a program set up by `how` (said when it is missing).
+pub fn find_or(variable: &str, test: &str, how: &str) -> Option<PathBuf> {
     match std::env::var_os(variable).map(PathBuf::from) {
         Some(path) if path.is_file() => Some(path),
         found => {
@@ -16,12 +25,12 @@ pub fn find(variable: &str, test: &str) -> Option<PathBuf> {
                 None => format!("{variable} is not set"),
             };
             if std::env::var_os("CI").is_some() {
-                panic!("{test}: {why}; .ci/run unpacks ../shared/tools and must set it");
+                panic!("{test}: {why}; .ci/run sets it up ({how}) and must export it");
             }
             // Straight to the terminal: the harness captures print! and eprint! only.
             let _ = writeln!(
                 std::io::stderr(),
-                "\n*** SKIPPED {test}: {why} (eval \"$(../shared/tools/unpack target/tools)\") ***\n"
+                "\n*** SKIPPED {test}: {why} ({how}) ***\n"
             );
             None
         }

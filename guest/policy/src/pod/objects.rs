@@ -32,29 +32,23 @@ impl<'s> EnvVar<'s> {
 
     /// `valueFrom.secretKeyRef` to an optional key of a Secret in the pod's namespace.
     pub fn secret_key(name: impl Into<Text<'s>>, secret: &'s str, key: &'s str) -> Self {
-        Self {
-            name: name.into(),
-            value: None,
-            value_from: Some(ValueFrom {
-                secret_key_ref: SecretKeyRef {
-                    key,
-                    name: secret,
-                    optional: Some(true),
-                },
-            }),
-        }
+        Self::from_secret(name.into(), secret, key, Some(true))
     }
 
     /// `valueFrom.secretKeyRef` to a key that must exist: the pod does not start without it.
     pub fn required_secret_key(name: impl Into<Text<'s>>, secret: &'s str, key: &'s str) -> Self {
+        Self::from_secret(name.into(), secret, key, None)
+    }
+
+    fn from_secret(name: Text<'s>, secret: &'s str, key: &'s str, optional: Option<bool>) -> Self {
         Self {
-            name: name.into(),
+            name,
             value: None,
             value_from: Some(ValueFrom {
                 secret_key_ref: SecretKeyRef {
                     key,
                     name: secret,
-                    optional: None,
+                    optional,
                 },
             }),
         }
