@@ -52,6 +52,8 @@ async fn hostile_policies_are_answered_within_the_deadline() {
         ("huge", "more than the 8388608 allowed"),
         ("many-injections", "more than the 8388608 allowed"),
         ("bad-patch", "invalid JSON Patch"),
+        // The host writes mirrors only of values it handed the policy in that call.
+        ("mirror-unasked", "asks for a mirror of \"u__org__acme"),
     ] {
         let (server, _dir) = hostile_server(how, "").await;
         let digest = server.active.digest()[..12].to_owned();
