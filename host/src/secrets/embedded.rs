@@ -141,10 +141,6 @@ impl Embedded {
         })
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// `secret-store.lookup`: one id in one scope.
     pub async fn lookup(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         // Outside a runtime (a benchmark's own executor) there is no timer, and nothing to wait on.

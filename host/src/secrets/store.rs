@@ -54,7 +54,9 @@ impl Store {
         }
     }
 
-    /// The narrowest scope's value of `key`, or `None` when no scope has it.
+    /// The narrowest scope's value of `key`, or `None` when no scope has it. The policy walks
+    /// the same cascade itself through [`Store::get`]; this is the host's one-call form, for
+    /// checking a backend's layout.
     pub async fn resolve(&self, scope: &Scope, key: &str) -> Result<Option<Resolved>> {
         for scope in scope.cascade() {
             let id = scope.secret_id(key);
