@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -68,6 +68,22 @@ struct EmbeddedKeys {
     store: Option<StoreType>,
     k8s_config: K8sKeys,
     aws_config: AwsKeys,
+    gcp_config: GcpKeys,
+    azure_config: AzureKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct GcpKeys {
+    project: Option<String>,
+    endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct AzureKeys {
+    #[serde(rename = "vaultURI")]
+    vault_uri: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +117,13 @@ pub struct EmbeddedConfig {
     pub k8s_namespace: String,
     /// The AWS store's region (`awsConfig.region`); the SDK's own lookup when unset.
     pub aws_region: Option<String>,
+    /// The GCP store's project (`gcpConfig.project`), required for that store.
+    pub gcp_project: Option<String>,
+    /// Ours: Secret Manager's endpoint (`gcpConfig.endpoint`), for a regional or Private Service
+    /// Connect endpoint; `https://secretmanager.googleapis.com` when unset.
+    pub gcp_endpoint: Option<String>,
+    /// The Azure store's Key Vault (`azureConfig.vaultURI`), required for that store.
+    pub azure_vault_uri: Option<String>,
     /// Flyte 2's `cacheInvalidationPort` (default 9444); `None` when 0 turns it off.
     pub invalidation_port: Option<u16>,
 }
@@ -198,14 +221,37 @@ fn embedded_config(webhook: &serde_json::Value, host: &HostKeys) -> Result<Optio
         return Ok(None);
     }
     let keys = &host.embedded_secret_manager_config;
+    let store = keys.store.unwrap_or(StoreType::K8s);
+    let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+    let (gcp_project, azure_vault_uri) = (
+        set(&keys.gcp_config.project),
+        set(&keys.azure_config.vault_uri),
+    );
+    if store == StoreType::Gcp && gcp_project.is_none() {
+        bail!("embeddedSecretManagerConfig.gcpConfig.project is required with type GCP");
+    }
+    if store == StoreType::Azure {
+        match &azure_vault_uri {
+            Some(uri) if uri.starts_with("https://") => {}
+            Some(uri) => bail!(
+                "embeddedSecretManagerConfig.azureConfig.vaultURI {uri:?} must be an https:// URI"
+            ),
+            None => bail!(
+                "embeddedSecretManagerConfig.azureConfig.vaultURI is required with type Azure"
+            ),
+        }
+    }
     Ok(Some(EmbeddedConfig {
-        store: keys.store.unwrap_or(StoreType::K8s),
+        store,
         k8s_namespace: keys
             .k8s_config
             .namespace
             .clone()
             .unwrap_or_else(|| "flyte".to_owned()),
         aws_region: keys.aws_config.region.clone(),
+        gcp_project,
+        gcp_endpoint: set(&keys.gcp_config.endpoint),
+        azure_vault_uri,
         invalidation_port: match host.cache_invalidation_port {
             Some(0) => None,
             Some(port) => Some(port),
@@ -274,6 +320,9 @@ mod tests {
                 store: StoreType::K8s,
                 k8s_namespace: "flyte".to_owned(),
                 aws_region: None,
+                gcp_project: None,
+                gcp_endpoint: None,
+                azure_vault_uri: None,
                 invalidation_port: Some(9444),
             })
         );
@@ -293,6 +342,43 @@ mod tests {
         std::fs::write(&path, "webhook:\n  secretManagerType: K8s\n").unwrap();
         let config = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(config.embedded, None);
+    }
+
+    #[test]
+    fn cloud_stores_say_what_they_lack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        let load = |store: &str| {
+            let yaml = format!(
+                "webhook:\n  secretManagerTypes: [Embedded]\n  embeddedSecretManagerConfig:\n{store}"
+            );
+            std::fs::write(&path, yaml).unwrap();
+            Config::load(Some(&path), &Overrides::default()).map_err(|err| format!("{err:#}"))
+        };
+        let err = load("    type: GCP\n").unwrap_err();
+        assert!(err.contains("gcpConfig.project is required"), "{err}");
+        let err =
+            load("    type: Azure\n    azureConfig:\n      vaultURI: http://kv\n").unwrap_err();
+        assert!(err.contains("must be an https:// URI"), "{err}");
+        let gcp =
+            load("    type: GCP\n    gcpConfig:\n      project: p\n      endpoint: https://e\n")
+                .unwrap()
+                .embedded
+                .unwrap();
+        assert_eq!(
+            (gcp.gcp_project.as_deref(), gcp.gcp_endpoint.as_deref()),
+            (Some("p"), Some("https://e"))
+        );
+        let azure = load(
+            "    type: Azure\n    azureConfig:\n      vaultURI: https://kv.vault.azure.net/\n",
+        )
+        .unwrap()
+        .embedded
+        .unwrap();
+        assert_eq!(
+            azure.azure_vault_uri.as_deref(),
+            Some("https://kv.vault.azure.net/")
+        );
     }
 
     #[test]

@@ -584,8 +584,6 @@ async fn aws_store_through_the_server() {
     let Some(api) = ApiServer::start(test).await else {
         return;
     };
-    api.create_namespace(TASKS, &[("organization", "acme")])
-        .await;
     let port = common::envtest::free_port();
     let mut moto = std::process::Command::new(moto)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -617,14 +615,49 @@ async fn aws_store_through_the_server() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let rotate = async {
+        admin
+            .put_secret_value()
+            .secret_id(&id)
+            .secret_string("rotated in aws")
+            .send()
+            .await
+            .unwrap();
+    };
+    let env = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let store = "type: AWS\n    awsConfig: {region: us-east-1}";
+    let values: [&[u8]; 2] = [b"from aws", b"rotated in aws"];
+    cloud_store_through_the_server(&api, "aws", store, &env, values, rotate).await;
+    let _ = moto.kill();
+    let _ = moto.wait();
+}
+
+/// A cloud store through `serve`: a Mirror pod asking for `db` gets a mirror of the org scope's
+/// value (`values[0]`); after `rotate` writes `values[1]` and Flyte 2's secret service calls
+/// `/invalidate-secret`, the mirror follows.
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
+async fn cloud_store_through_the_server(
+    api: &ApiServer,
+    name: &str,
+    store: &str,
+    env: &[(&str, &str)],
+    values: [&[u8]; 2],
+    rotate: impl std::future::Future<Output = ()>,
+) {
+    api.create_namespace(TASKS, &[("organization", "acme")])
+        .await;
+    let id = scope().cascade()[2].secret_id("db");
     let invalidation = common::envtest::free_port();
-    let config = api.dir().join("aws.yaml");
+    let config = api.dir().join(format!("{name}.yaml"));
     std::fs::write(
         &config,
         format!(
             "webhook:\n  secretManagerTypes: [Embedded]\n  secretEnvVarPrefix: _UNION_\n  \
-             cacheInvalidationPort: {invalidation}\n  embeddedSecretManagerConfig:\n    \
-             type: AWS\n    awsConfig: {{region: us-east-1}}\n"
+             cacheInvalidationPort: {invalidation}\n  embeddedSecretManagerConfig:\n    {store}\n"
         ),
     )
     .unwrap();
@@ -633,7 +666,7 @@ async fn aws_store_through_the_server() {
         api.dir(),
         api.kubeconfig(),
         "https://unused.invalid/mutate",
-        "aws",
+        name,
         &[
             "--local",
             "--config",
@@ -641,11 +674,7 @@ async fn aws_store_through_the_server() {
             "--cert-dir",
             certs.to_str().unwrap(),
         ],
-        &[
-            ("AWS_ENDPOINT_URL", &endpoint),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-        ],
+        env,
     )
     .await;
 
@@ -659,7 +688,7 @@ async fn aws_store_through_the_server() {
     });
     let review = json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": "aws-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "request": {"uid": format!("{name}-1"), "kind": {"group": "", "version": "v1", "kind": "Pod"},
                     "namespace": TASKS, "operation": "CREATE", "object": pod}
     });
     let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
@@ -677,23 +706,16 @@ async fn aws_store_through_the_server() {
     let mirrors: Api<Secret> = Api::namespaced(api.client(), TASKS);
     let value = |secret: Secret| secret.data.unwrap()["value"].0.clone();
     let mirror = mirrors.get(&mirror_name(&id)).await.unwrap();
-    assert_eq!(value(mirror), b"from aws");
+    assert_eq!(value(mirror), values[0]);
 
-    // Flyte 2's secret service writes, then invalidates: the mirror follows.
-    admin
-        .put_secret_value()
-        .secret_id(&id)
-        .secret_string("rotated in aws")
-        .send()
-        .await
-        .unwrap();
+    rotate.await;
     let body = r#"{"org":"acme","domain":"development","project":"flytesnacks","name":"db"}"#;
     let answer = common::plain_http(invalidation, "POST", "/invalidate-secret", body).await;
     assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200")));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mirror = mirrors.get(&mirror_name(&id)).await.unwrap();
-        if value(mirror) == b"rotated in aws" {
+        if value(mirror) == values[1] {
             break;
         }
         assert!(
@@ -703,6 +725,56 @@ async fn aws_store_through_the_server() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = moto.kill();
-    let _ = moto.wait();
+}
+
+/// The GCP store through `serve`, with Application Default Credentials from the file
+/// `GOOGLE_APPLICATION_CREDENTIALS` names, against the Secret Manager fake.
+#[cfg(feature = "gcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_store_through_the_server() {
+    let Some(api) = ApiServer::start("gcp_store_through_the_server").await else {
+        return;
+    };
+    let gcp = common::cloud_fakes::FakeGcp::start("flyte-prod").await;
+    let id = scope().cascade()[2].secret_id("db");
+    gcp.set(&id, b"from gcp");
+    let adc = api.dir().join("application_default_credentials.json");
+    std::fs::write(&adc, gcp.credentials_json().to_string()).unwrap();
+    let store = format!(
+        "type: GCP\n    gcpConfig: {{project: flyte-prod, endpoint: \"{}\"}}",
+        gcp.endpoint()
+    );
+    let env = [("GOOGLE_APPLICATION_CREDENTIALS", adc.to_str().unwrap())];
+    let rotate = async { gcp.set(&id, b"rotated in gcp") };
+    let values: [&[u8]; 2] = [b"from gcp", b"rotated in gcp"];
+    cloud_store_through_the_server(&api, "gcp", &store, &env, values, rotate).await;
+}
+
+/// The Azure store through `serve`, with Workload Identity set up as AKS does (the env vars and
+/// the projected token file), against the Key Vault and Entra fakes; the fake's CA is trusted
+/// through `SSL_CERT_FILE`.
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_store_through_the_server() {
+    let Some(api) = ApiServer::start("azure_store_through_the_server").await else {
+        return;
+    };
+    let azure = common::cloud_fakes::FakeAzure::start().await;
+    // Flyte 2's name for the org scope's db: `1-acme---` + base32("db").
+    azure.set_string("1-acme---MRRA", "from azure");
+    let ca = api.dir().join("fake-azure-ca.pem");
+    std::fs::write(&ca, &azure.ca_pem).unwrap();
+    let token = azure.write_token_file(api.dir());
+    let url = azure.url();
+    let env = [
+        ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
+        ("AZURE_TENANT_ID", azure.tenant.as_str()),
+        ("AZURE_CLIENT_ID", azure.client_id.as_str()),
+        ("AZURE_AUTHORITY_HOST", url.as_str()),
+        ("SSL_CERT_FILE", ca.to_str().unwrap()),
+    ];
+    let store = format!("type: Azure\n    azureConfig: {{vaultURI: \"{url}/\"}}");
+    let rotate = async { azure.set_string("1-acme---MRRA", "rotated in azure") };
+    let values: [&[u8]; 2] = [b"from azure", b"rotated in azure"];
+    cloud_store_through_the_server(&api, "azure", &store, &env, values, rotate).await;
 }

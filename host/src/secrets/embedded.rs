@@ -264,22 +264,40 @@ async fn store(
         StoreType::Aws => {
             let backend = super::aws::AwsBackend::load(config.aws_region.as_deref()).await;
             tracing::info!(region = ?config.aws_region, "secrets from AWS Secrets Manager");
-            Ok((
-                Arc::new(Store::new(Arc::new(backend), Some(CLOUD_TTL))),
-                None,
-            ))
+            Ok((cloud(backend), None))
         }
+        #[cfg(feature = "gcp")]
+        StoreType::Gcp => {
+            let project = config.gcp_project.as_deref().unwrap_or_default();
+            let endpoint = config.gcp_endpoint.as_deref();
+            let backend = super::gcp::GcpBackend::from_environment(project, endpoint)?;
+            tracing::info!(project, ?endpoint, "secrets from GCP Secret Manager");
+            Ok((cloud(backend), None))
+        }
+        #[cfg(feature = "azure")]
+        StoreType::Azure => {
+            let vault = config.azure_vault_uri.as_deref().unwrap_or_default();
+            let backend = super::azure::AzureBackend::from_environment(vault)?;
+            tracing::info!(vault, "secrets from Azure Key Vault");
+            Ok((cloud(backend), None))
+        }
+        #[allow(unreachable_patterns)]
         other => bail!(
-            "embeddedSecretManagerConfig.type {other:?} is not supported by this build; \
-             use K8s{}",
-            if cfg!(feature = "aws") { " or AWS" } else { "" }
+            "embeddedSecretManagerConfig.type {other:?} is not supported by this build \
+             (built without its cargo feature)"
         ),
     }
 }
 
+/// A cloud store: values cached for [`CLOUD_TTL`].
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
+fn cloud(backend: impl Backend + 'static) -> Arc<Store> {
+    Arc::new(Store::new(Arc::new(backend), Some(CLOUD_TTL)))
+}
+
 /// How long a cloud store's value is used before it is read again; Flyte 2's secret service
 /// calls `/invalidate-secret` after every write, which drops it at once.
-#[cfg(feature = "aws")]
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 const CLOUD_TTL: Duration = Duration::from_secs(300);
 
 /// Removes mirrors no pod refers to. Finding them takes listing Secrets in every namespace,

@@ -1,7 +1,7 @@
 //! Flyte 2's names for a secret. The scope, its cascade and the ids are the policy library's
 //! (the guest walks the cascade); the K8s backend's Secret names are the host's alone.
 
-pub use secrets_policy::scope::{Scope, id_hash, mirror_name};
+pub use secrets_policy::scope::{Scope, id_hash, mirror_name, parse_secret_id};
 
 /// The Secret that holds `id` in the K8s backend: the md5 of the id, in hex (Secret names
 /// cannot hold the id's underscores, nor its length).

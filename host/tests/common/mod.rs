@@ -2,6 +2,7 @@
 //! that CA.
 #![allow(dead_code)]
 
+pub mod cloud_fakes;
 pub mod envtest;
 pub mod fixture;
 pub mod replica;

@@ -1,0 +1,31 @@
+//! The HTTPS client the GCP and Azure stores read with (and Azure's credentials fetch tokens
+//! with). rustls with ring, as the rest of the binary; trusted roots are the platform's, so
+//! `SSL_CERT_FILE` adds a private CA (a proxy's, or a test's fake).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// A read that takes longer fails; the policy's own lookup gives up sooner (3 s).
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn client() -> Result<reqwest::Client> {
+    with_roots(Vec::new())
+}
+
+/// A client that also trusts `roots`.
+pub fn with_roots(roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client> {
+    install_ring();
+    reqwest::Client::builder()
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .tls_certs_merge(roots)
+        .build()
+        .context("building the HTTPS client")
+}
+
+/// reqwest and Google's auth crate are built without a crypto provider of their own: they take
+/// the process's, which must be set before either is used.
+pub fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
