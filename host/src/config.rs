@@ -70,6 +70,13 @@ struct EmbeddedKeys {
     aws_config: AwsKeys,
     gcp_config: GcpKeys,
     azure_config: AzureKeys,
+    image_pull_secrets: ImagePullKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ImagePullKeys {
+    enabled: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +131,9 @@ pub struct EmbeddedConfig {
     pub gcp_endpoint: Option<String>,
     /// The Azure store's Key Vault (`azureConfig.vaultURI`), required for that store.
     pub azure_vault_uri: Option<String>,
+    /// Flyte 2's `imagePullSecrets.enabled`: image pull Secrets are read in `k8s_namespace` and
+    /// copied into pods' namespaces.
+    pub image_pull_secrets: bool,
     /// Flyte 2's `cacheInvalidationPort` (default 9444); `None` when 0 turns it off.
     pub invalidation_port: Option<u16>,
 }
@@ -252,6 +262,7 @@ fn embedded_config(webhook: &serde_json::Value, host: &HostKeys) -> Result<Optio
         gcp_project,
         gcp_endpoint: set(&keys.gcp_config.endpoint),
         azure_vault_uri,
+        image_pull_secrets: keys.image_pull_secrets.enabled,
         invalidation_port: match host.cache_invalidation_port {
             Some(0) => None,
             Some(port) => Some(port),
@@ -323,6 +334,7 @@ mod tests {
                 gcp_project: None,
                 gcp_endpoint: None,
                 azure_vault_uri: None,
+                image_pull_secrets: false,
                 invalidation_port: Some(9444),
             })
         );

@@ -41,7 +41,7 @@ mod bindings {
 pub use bindings::secrets_webhook::policy::types::{Denied, Injection, Outcome, Patched, Review};
 
 /// The world this host speaks, for messages.
-pub const WORLD: &str = "secrets-webhook:policy/mutation@0.3.0";
+pub const WORLD: &str = "secrets-webhook:policy/mutation@0.4.0";
 /// The interface a policy exports, whose version says which world it was built for.
 const POLICY_INTERFACE: &str = "secrets-webhook:policy/policy@";
 
@@ -287,14 +287,42 @@ struct GuestState {
     looked_up: Lookups,
 }
 
-/// Secret values handed to the policy in one call. Never printed.
+/// Secret values handed to the policy in one call, and the image pull Secrets it was told
+/// exist. Never printed.
 #[derive(Default)]
-pub struct Lookups(std::collections::HashMap<String, Vec<u8>>);
+pub struct Lookups(
+    std::collections::HashMap<String, Vec<u8>>,
+    std::collections::HashSet<String>,
+);
 
 impl Lookups {
     fn record(&mut self, id: &str, value: &Result<Option<Vec<u8>>, String>) {
         if let Ok(Some(value)) = value {
             self.0.insert(id.to_owned(), value.clone());
+        }
+    }
+
+    fn record_pull(&mut self, name: &str, exists: &Result<bool, String>) {
+        if let Ok(true) = exists {
+            self.1.insert(name.to_owned());
+        }
+    }
+
+    /// The image pull Secrets `outcome` asks to copy, unless it names one the host never said
+    /// exists.
+    fn pull_secrets(&self, outcome: &Outcome) -> Result<Vec<String>, String> {
+        let Outcome::Patched(patched) = outcome else {
+            return Ok(Vec::new());
+        };
+        let unasked = patched
+            .pull_secrets
+            .iter()
+            .find(|name| !self.1.contains(*name));
+        match unasked {
+            Some(name) => Err(format!(
+                "asks to copy image pull Secret {name:?}, which it did not look up"
+            )),
+            None => Ok(patched.pull_secrets.clone()),
         }
     }
 
@@ -325,13 +353,13 @@ async fn write_mirrors(
     services: &Services,
     digest: &str,
 ) -> Result<(), PolicyFailure> {
-    let mirrors = looked_up
-        .mirrors(outcome)
-        .map_err(|reason| PolicyFailure::Error {
-            digest: digest.to_owned(),
-            reason,
-        })?;
-    if mirrors.is_empty() || review.dry_run {
+    let refused = |reason| PolicyFailure::Error {
+        digest: digest.to_owned(),
+        reason,
+    };
+    let mirrors = looked_up.mirrors(outcome).map_err(refused)?;
+    let pulls = looked_up.pull_secrets(outcome).map_err(refused)?;
+    if (mirrors.is_empty() && pulls.is_empty()) || review.dry_run {
         return Ok(());
     }
     let Some(embedded) = &services.embedded else {
@@ -339,12 +367,17 @@ async fn write_mirrors(
             reason: "this host has no secret store".to_owned(),
         });
     };
+    let failed = |err: anyhow::Error| PolicyFailure::Mirrors {
+        reason: format!("{err:#}"),
+    };
     embedded
         .write_mirrors(&review.namespace, &mirrors)
         .await
-        .map_err(|err| PolicyFailure::Mirrors {
-            reason: format!("{err:#}"),
-        })
+        .map_err(failed)?;
+    embedded
+        .copy_pull_secrets(&review.namespace, &pulls)
+        .await
+        .map_err(failed)
 }
 
 /// Refuses growth past the limit and remembers that it did: the guest's allocator then aborts
@@ -409,6 +442,15 @@ impl bindings::secrets_webhook::policy::cluster::Host for GuestState {
             Some(embedded) => embedded.namespace_labels(&name),
             None => Err("this host does not follow namespaces".to_owned()),
         }
+    }
+
+    fn image_pull_secret(&mut self, name: String) -> Result<bool, String> {
+        let exists = match &self.services.embedded {
+            Some(embedded) => embedded.image_pull_secret(&name),
+            None => Err("this host has no secret store for the Embedded manager".to_owned()),
+        };
+        self.looked_up.record_pull(&name, &exists);
+        exists
     }
 }
 
@@ -550,6 +592,7 @@ fn output_bytes(outcome: &Outcome) -> usize {
             string(&patched.patch)
                 + strings(&patched.warnings)
                 + strings(&patched.mirrors)
+                + strings(&patched.pull_secrets)
                 + injections
                     .map(|i| string(&i.group) + string(&i.key) + string(&i.manager))
                     .sum::<usize>()
@@ -718,12 +761,21 @@ impl secrets_policy::SecretStore for NativeHost<'_> {
     }
 }
 
-impl secrets_policy::Namespaces for NativeHost<'_> {
+impl secrets_policy::Cluster for NativeHost<'_> {
     fn labels(&self, name: &str) -> Result<Option<Vec<(String, String)>>, String> {
         match &self.services.embedded {
             Some(embedded) => embedded.namespace_labels(name),
             None => Err("this host does not follow namespaces".to_owned()),
         }
+    }
+
+    fn image_pull_secret(&self, name: &str) -> Result<bool, String> {
+        let exists = match &self.services.embedded {
+            Some(embedded) => embedded.image_pull_secret(name),
+            None => Err("this host has no secret store for the Embedded manager".to_owned()),
+        };
+        self.looked_up.borrow_mut().record_pull(name, &exists);
+        exists
     }
 }
 
@@ -739,7 +791,7 @@ impl crate::admission::Mutator for Native {
         let library = secrets_policy::Host {
             globals: &host,
             store: &host,
-            namespaces: &host,
+            cluster: &host,
         };
         let outcome = outcome_of(secrets_policy::mutate_review(
             &self.settings,
@@ -772,6 +824,7 @@ pub fn outcome_of(outcome: secrets_policy::Outcome) -> Outcome {
                 })
                 .collect(),
             mirrors: patched.mirrors,
+            pull_secrets: patched.pull_secrets,
         }),
         secrets_policy::Outcome::Denied(denial) => Outcome::Denied(Denied {
             code: denial.code,

@@ -147,7 +147,7 @@ fn policy_export_and_check() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("built for secrets-webhook:policy/mutation@0.2.0")
-            && stderr.contains("this host runs secrets-webhook:policy/mutation@0.3.0"),
+            && stderr.contains("this host runs secrets-webhook:policy/mutation@0.4.0"),
         "{stderr}"
     );
 

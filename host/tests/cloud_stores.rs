@@ -7,7 +7,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secrets_webhook::secrets::scope::Scope;
 use secrets_webhook::secrets::store::{Backend, Store};
@@ -18,6 +18,27 @@ fn scope() -> Scope {
         domain: "development".into(),
         project: "ml".into(),
     }
+}
+
+/// Prints (never asserts) what a read costs against the fake on loopback: the first (a token
+/// fetched, then the read), later ones (the token cached), and a read the store's cache answers.
+async fn report(store: &str, first: Duration, backend: Arc<dyn Backend>, id: &str) {
+    const READS: u32 = 20;
+    let started = Instant::now();
+    for _ in 0..READS {
+        backend.get(id).await.unwrap();
+    }
+    let read = started.elapsed() / READS;
+    let cache = Store::new(backend, Some(Duration::from_secs(60)));
+    cache.get(id).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..READS {
+        cache.get(id).await.unwrap();
+    }
+    let cached = started.elapsed() / READS;
+    eprintln!(
+        "{store} store against its fake: first read {first:?}, next reads {read:?}, cached {cached:?}"
+    );
 }
 
 #[cfg(feature = "gcp")]
@@ -49,6 +70,7 @@ async fn gcp_secret_manager_through_a_fake() {
         .unwrap()
     };
     let store_backend = Arc::new(backend("flyte-prod"));
+    let first = Instant::now();
     assert_eq!(
         store_backend
             .get(&project.secret_id("token"))
@@ -56,6 +78,8 @@ async fn gcp_secret_manager_through_a_fake() {
             .unwrap(),
         Some(b"project token".to_vec())
     );
+    let token = project.secret_id("token");
+    report("GCP", first.elapsed(), store_backend.clone(), &token).await;
     assert_eq!(
         store_backend.get(&project.secret_id("cert")).await.unwrap(),
         Some(vec![0xff, 0x00, 0x01])
@@ -184,10 +208,13 @@ async fn azure_key_vault_through_a_fake() {
         http.clone(),
     ));
     let [project, _, org] = scope().cascade();
+    let first = Instant::now();
     assert_eq!(
         backend.get(&project.secret_id("token")).await.unwrap(),
         Some(vec![0xff, 0x00, 0x01])
     );
+    let token = project.secret_id("token");
+    report("Azure", first.elapsed(), backend.clone(), &token).await;
     assert_eq!(
         backend.get(&project.secret_id("cert")).await.unwrap(),
         Some(vec![])

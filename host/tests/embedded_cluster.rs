@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::envtest::ApiServer;
 use common::fixture::{Fixture, check, check_injected, counted_since, injections, load_fixtures};
 use common::replica::{NAMESPACE, Replica, SERVICE_ACCOUNT, balance, impersonating, install_rbac};
@@ -139,6 +140,11 @@ struct Flyte2 {
 
 impl Flyte2 {
     async fn start(test: &str) -> Option<Flyte2> {
+        Self::start_with(test, "").await
+    }
+
+    /// `embedded` adds lines to the `embeddedSecretManagerConfig` section.
+    async fn start_with(test: &str, embedded: &str) -> Option<Flyte2> {
         let api = ApiServer::start(test).await?;
         api.create_namespace(NAMESPACE, &[]).await;
         api.create_namespace(SOURCE, &[]).await;
@@ -165,7 +171,11 @@ impl Flyte2 {
         let config = common::workspace().join("deploy/components/embedded/config.yaml");
         let text = std::fs::read_to_string(config)
             .unwrap()
-            .replace("cacheInvalidationPort: 9444", "cacheInvalidationPort: 0");
+            .replace("cacheInvalidationPort: 9444", "cacheInvalidationPort: 0")
+            .replace(
+                "  embeddedSecretManagerConfig:\n",
+                &format!("  embeddedSecretManagerConfig:\n{embedded}"),
+            );
         let config = api.dir().join("embedded.yaml");
         std::fs::write(&config, text).unwrap();
         let replica = Replica::start(
@@ -329,6 +339,90 @@ async fn wait_until_injecting(flyte: &Flyte2) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Flyte 2's `imagePullSecrets.enabled` through the API server: the pull Secret of the scope a
+/// secret was found in is copied into the pod's namespace and listed in the stored pod, never on
+/// a dry run; a scope without one adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_secrets_through_the_api_server() {
+    let test = "image_pull_secrets_through_the_api_server";
+    let pulls = "    imagePullSecrets:\n      enabled: true\n";
+    let Some(flyte) = Flyte2::start_with(test, pulls).await else {
+        return;
+    };
+    let org = &scope().cascade()[2];
+    flyte.set_source(&org.secret_id("db"), Some("org db")).await;
+    flyte
+        .set_source(&org.secret_id("token"), Some("org token"))
+        .await;
+    // Flyte 2's name for the organization's `db`: img-pull- + sha256("acme:::db")[:16]
+    // (Python's hashlib).
+    let name = "img-pull-fd8e0493cabaee00";
+    let config = br#"{"auths":{"registry.example.com":{"auth":"dXNlcjpwYXNz"}}}"#;
+    let pull: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"union.ai/secret-type": "image-pull-secret"}},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
+    }))
+    .unwrap();
+    let sources: Api<Secret> = Api::namespaced(flyte.client(), SOURCE);
+    sources.create(&PostParams::default(), &pull).await.unwrap();
+    // The replica follows the source namespace: wait until it sees the pull Secret.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let probe = flyte
+            .create_pod("probe", scope_labels(), requests(&["db"]), true)
+            .await;
+        let listed = probe
+            .as_ref()
+            .ok()
+            .and_then(|pod| pod.spec.as_ref()?.image_pull_secrets.clone());
+        if listed.is_some_and(|list| list.iter().any(|r| r.name == name)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{probe:?}\n{}",
+            flyte.replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let copies: Api<Secret> = Api::namespaced(flyte.client(), TASKS);
+    assert!(
+        copies.get_opt(name).await.unwrap().is_none(),
+        "dry runs copy nothing"
+    );
+
+    let pod = flyte
+        .create_pod("task", scope_labels(), requests(&["db"]), false)
+        .await
+        .unwrap();
+    let listed: Vec<String> = pod
+        .spec
+        .unwrap()
+        .image_pull_secrets
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(listed, [name]);
+    let copy = copies.get(name).await.unwrap();
+    assert_eq!(
+        copy.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    assert_eq!(copy.data.unwrap()[".dockerconfigjson"].0, config);
+    let labels = copy.metadata.labels.unwrap();
+    assert_eq!(labels["secrets-webhook.flyte.org/mirror"], "true");
+    assert_eq!(labels["union.ai/secret-type"], "image-pull-secret");
+
+    // `token` has no pull Secret in its scope: the pod lists none.
+    let pod = flyte
+        .create_pod("other", scope_labels(), requests(&["token"]), false)
+        .await
+        .unwrap();
+    assert_eq!(pod.spec.unwrap().image_pull_secrets, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

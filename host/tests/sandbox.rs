@@ -54,6 +54,11 @@ async fn hostile_policies_are_answered_within_the_deadline() {
         ("bad-patch", "invalid JSON Patch"),
         // The host writes mirrors only of values it handed the policy in that call.
         ("mirror-unasked", "asks for a mirror of \"u__org__acme"),
+        // ... and copies only image pull Secrets it told the policy exist.
+        (
+            "pull-unasked",
+            "asks to copy image pull Secret \"img-pull-0123456789abcdef\"",
+        ),
     ] {
         let (server, _dir) = hostile_server(how, "").await;
         let digest = server.active.digest()[..12].to_owned();

@@ -64,6 +64,7 @@ impl Guest for Annotating {
                         warnings: Vec::new(),
                         injections: Vec::new(),
                         mirrors: Vec::new(),
+                        pull_secrets: Vec::new(),
                     })
                 }
             },

@@ -35,9 +35,13 @@ impl secrets_policy::SecretStore for Imports {
     }
 }
 
-impl secrets_policy::Namespaces for Imports {
+impl secrets_policy::Cluster for Imports {
     fn labels(&self, name: &str) -> Result<Option<Vec<(String, String)>>, String> {
         cluster::namespace_labels(name)
+    }
+
+    fn image_pull_secret(&self, name: &str) -> Result<bool, String> {
+        cluster::image_pull_secret(name)
     }
 }
 
@@ -54,7 +58,7 @@ impl Guest for Policy {
         let host = Host {
             globals: &Imports,
             store: &Imports,
-            namespaces: &Imports,
+            cluster: &Imports,
         };
         Ok(
             match secrets_policy::mutate_review(&settings, &admission, &review.object, host) {
@@ -72,6 +76,7 @@ impl Guest for Policy {
                         })
                         .collect(),
                     mirrors: patched.mirrors,
+                    pull_secrets: patched.pull_secrets,
                 }),
                 Outcome::Denied(denial) => types::Outcome::Denied(types::Denied {
                     code: denial.code,

@@ -16,7 +16,7 @@ pub mod scope;
 pub mod secret;
 pub mod settings;
 
-pub use inject::{GlobalSecrets, Host, Namespaces, NoStore, SecretStore};
+pub use inject::{Cluster, GlobalSecrets, Host, NoStore, SecretStore};
 pub use mutation::{
     Admission, Decision, Denial, Injection, Outcome, Patched, decide, decide_review, mutate_json,
     mutate_review,

@@ -50,6 +50,9 @@ pub struct Patched {
     /// Secret ids whose mirrors in the pod's namespace the patch refers to (Embedded manager,
     /// Mirror mode); the host writes them before the pod is admitted.
     pub mirrors: Vec<String>,
+    /// Image pull Secrets the patch lists in `spec.imagePullSecrets` (Embedded manager,
+    /// `imagePullSecrets.enabled`); the host copies them into the pod's namespace first.
+    pub pull_secrets: Vec<String>,
 }
 
 /// What the policy knows of the admission request besides the pod.
@@ -113,6 +116,7 @@ struct Edited {
     patch: String,
     injections: Vec<Injection>,
     mirrors: Vec<String>,
+    pull_secrets: Vec<String>,
 }
 
 /// Injects every requested secret into the pod in `pod_json`, returning the patch that does it,
@@ -153,6 +157,7 @@ fn edit(
         host,
         namespace: &namespace,
         mirrors: Default::default(),
+        pull_secrets: Default::default(),
     };
     let mut injections = Vec::new();
     for request in &requests {
@@ -171,6 +176,7 @@ fn edit(
         patch: pod.into_patch(),
         injections,
         mirrors: cx.mirrors.into_inner(),
+        pull_secrets: cx.pull_secrets.into_inner(),
     }))
 }
 
@@ -220,10 +226,12 @@ pub fn mutate_review(
             patch,
             injections,
             mirrors,
+            pull_secrets,
         })) => Outcome::Patched(Patched {
             patch,
             injections,
             mirrors,
+            pull_secrets,
         }),
         Err(denial) => Outcome::Denied(denial),
     }

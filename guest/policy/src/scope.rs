@@ -100,6 +100,16 @@ pub fn mirror_name(id: &str) -> String {
     format!("flyte-secret-{}", id_hash(id))
 }
 
+/// Flyte 2's name for the image pull Secret of `key` in `scope` (`img-pull-` and the first 16 hex
+/// digits of sha256(`<org>:<domain>:<project>:<key>`)), the same in the store's namespace and in
+/// the pod's.
+pub fn pull_secret_name(scope: &Scope, key: &str) -> String {
+    let text = format!("{}:{}:{}:{key}", scope.org, scope.domain, scope.project);
+    let digest = Sha256::digest(text.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("img-pull-{hex}")
+}
+
 /// The placeholders a namespace template may use, and the label each stands for.
 const PLACEHOLDERS: [(&str, &str); 3] = [
     ("project", "project"),
@@ -200,6 +210,25 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// The digests were computed with Python's hashlib, not with this code.
+    #[test]
+    fn pull_secret_names_are_flyte_2s() {
+        let scope = Scope {
+            org: "acme".into(),
+            domain: "development".into(),
+            project: "ml".into(),
+        };
+        let [project, _, org] = scope.cascade();
+        assert_eq!(
+            pull_secret_name(&project, "registry"),
+            "img-pull-455cb1322b810820"
+        );
+        assert_eq!(
+            pull_secret_name(&org, "registry"),
+            "img-pull-ac8034ac902ca469"
+        );
     }
 
     fn scope_of(labels: &BTreeMap<String, String>) -> Result<Scope, String> {

@@ -209,6 +209,9 @@ impl Default for FileMountInitContainer {
     }
 }
 
+/// Flyte 2's `imagePullSecrets`: when a secret is found, the store namespace's image pull Secret
+/// of the same scope and key, if there is one, is listed in the pod's `imagePullSecrets` (the
+/// host copies it into the pod's namespace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(default)]
 pub struct ImagePullSecrets {
@@ -368,13 +371,6 @@ impl Settings {
                     .to_owned(),
             );
         }
-        if embedded.image_pull_secrets.enabled {
-            return Err(
-                "invalid settings: embeddedSecretManagerConfig.imagePullSecrets.enabled \
-                 is not supported yet"
-                    .to_owned(),
-            );
-        }
         Ok(())
     }
 
@@ -451,8 +447,8 @@ mod tests {
                 "namespaceTemplate",
             ),
             (
-                r#"{"embeddedSecretManagerConfig": {"imagePullSecrets": {"enabled": true}}}"#,
-                "not supported yet",
+                r#"{"embeddedSecretManagerConfig": {"imagePullSecrets": {"enabled": "yes"}}}"#,
+                "invalid type",
             ),
             (
                 r#"{"secretManagerType": "Keychain"}"#,

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use secrets_policy::annotations::encode_requests;
 use secrets_policy::{
-    Admission, Decision, Host, MountRequirement, Namespaces, Outcome, Secret, SecretStore,
-    Settings, decide_review, mutate_review,
+    Admission, Cluster, Decision, Host, MountRequirement, Outcome, Secret, SecretStore, Settings,
+    decide_review, mutate_review,
 };
 
 /// Secret values by id, ids that fail to read, and every id asked for.
@@ -21,6 +21,9 @@ struct Memory {
     broken: Vec<String>,
     asked: RefCell<Vec<String>>,
     namespaces: BTreeMap<String, Vec<(String, String)>>,
+    /// Image pull Secrets in the store's namespace; `None` when they cannot be read.
+    pull_secrets: Option<Vec<String>>,
+    pulls_asked: RefCell<usize>,
 }
 
 impl SecretStore for Memory {
@@ -33,9 +36,17 @@ impl SecretStore for Memory {
     }
 }
 
-impl Namespaces for Memory {
+impl Cluster for Memory {
     fn labels(&self, name: &str) -> Result<Option<Vec<(String, String)>>, String> {
         Ok(self.namespaces.get(name).cloned())
+    }
+
+    fn image_pull_secret(&self, name: &str) -> Result<bool, String> {
+        *self.pulls_asked.borrow_mut() += 1;
+        match &self.pull_secrets {
+            Some(names) => Ok(names.iter().any(|n| n == name)),
+            None => Err("forbidden".to_owned()),
+        }
     }
 }
 
@@ -54,6 +65,7 @@ impl Memory {
             ..Memory::default()
         };
         memory.namespaces.insert(NAMESPACE.to_owned(), Vec::new());
+        memory.pull_secrets = Some(Vec::new());
         memory
     }
 
@@ -61,7 +73,7 @@ impl Memory {
         Host {
             globals: &(),
             store: self,
-            namespaces: self,
+            cluster: self,
         }
     }
 }
@@ -380,6 +392,78 @@ fn the_scope_must_be_the_namespaces() {
     let forged = json!({"organization": "acme", "project": "payroll", "domain": "development"});
     let memory = Memory::with(&[(ORG_ID, "o")]);
     mutated(run(&unbound, &memory, &pod(&request, forged)));
+}
+
+/// Flyte 2's `imagePullSecrets.enabled`: the pull Secret of the scope the value was found in
+/// (names from Python's hashlib: `img-pull-` + sha256("acme:::secret1")[:16]).
+#[test]
+fn image_pull_secrets_of_the_found_scope_are_listed_sorted() {
+    const ORG_PULL: &str = "img-pull-502a47281c2e8f37";
+    const PROJECT_PULL: &str = "img-pull-59355c1bc3fbf961";
+    let settings = |enabled: bool| {
+        let json = json!({
+            "secretManagerTypes": ["Embedded"],
+            "embeddedSecretManagerConfig": {"imagePullSecrets": {"enabled": enabled}},
+        });
+        Settings::from_json(&json.to_string()).unwrap()
+    };
+    let memory = Memory {
+        pull_secrets: Some(vec![ORG_PULL.to_owned(), PROJECT_PULL.to_owned()]),
+        ..Memory::with(&[(ORG_ID, "banana")])
+    };
+    let mut asking = pod(
+        &[secret("secret1", MountRequirement::EnvVar, "")],
+        scope_labels(),
+    );
+    asking["spec"]["imagePullSecrets"] = json!([{"name": "zz-team"}, {"name": "aa-team"}]);
+    let admission = Admission {
+        namespace: NAMESPACE,
+    };
+    let outcome = mutate_review(
+        &settings(true),
+        &admission,
+        &asking.to_string(),
+        memory.host(),
+    );
+    let Outcome::Patched(patched) = outcome else {
+        panic!("{outcome:?}");
+    };
+    // Found at the organization's scope: its pull Secret, not the project's.
+    assert_eq!(patched.pull_secrets, [ORG_PULL]);
+    let once = mutated(run(&settings(true), &memory, &asking));
+    // Flyte 2 sorts the whole list by name after adding.
+    assert_eq!(
+        once["spec"]["imagePullSecrets"],
+        json!([{"name": "aa-team"}, {"name": ORG_PULL}, {"name": "zz-team"}])
+    );
+    assert_eq!(run(&settings(true), &memory, &once), Decision::Unchanged);
+
+    // A pod without the list gets one; a scope without a pull Secret gets none.
+    let plain = pod(
+        &[secret("secret1", MountRequirement::EnvVar, "")],
+        scope_labels(),
+    );
+    let once = mutated(run(&settings(true), &memory, &plain));
+    assert_eq!(
+        once["spec"]["imagePullSecrets"],
+        json!([{"name": ORG_PULL}])
+    );
+    let without = Memory::with(&[(ORG_ID, "banana")]);
+    let once = mutated(run(&settings(true), &without, &plain));
+    assert!(once["spec"].get("imagePullSecrets").is_none(), "{once:#}");
+
+    // Unreadable: the pod is refused, naming the Secret; turned off, nothing is asked.
+    let unreadable = Memory {
+        pull_secrets: None,
+        ..Memory::with(&[(ORG_ID, "banana")])
+    };
+    let message = denied(run(&settings(true), &unreadable, &plain));
+    assert!(
+        message.contains(&format!("reading image pull Secret {ORG_PULL}: forbidden")),
+        "{message}"
+    );
+    mutated(run(&settings(false), &unreadable, &plain));
+    assert_eq!(*unreadable.pulls_asked.borrow(), 1);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A policy that misbehaves on purpose, chosen by its settings `{"hostile": "<how>"}`, so the host's
 //! tests can check that the sandbox holds: `loop`, `memory`, `trap`, `huge`, `many-injections`,
 //! `bad-patch`, `remember` (tries to carry state from one review to the next), `mirror-unasked`
-//! (asks for a mirror of a secret it never looked up), or nothing (a well-behaved policy that
+//! (asks for a mirror of a secret it never looked up), `pull-unasked` (asks to copy an image pull
+//! Secret it was never told of), or nothing (a well-behaved policy that
 //! changes nothing).
 #![cfg(target_arch = "wasm32")]
 
@@ -24,6 +25,7 @@ fn behaviour(settings: &str) -> &str {
         "many-injections",
         "bad-patch",
         "mirror-unasked",
+        "pull-unasked",
         "remember-and-look",
         "remember",
     ]
@@ -62,6 +64,7 @@ impl Guest for Hostile {
                 warnings: Vec::new(),
                 injections: Vec::new(),
                 mirrors: Vec::new(),
+                pull_secrets: Vec::new(),
             })),
             // Small in the guest (24 bytes each), three Strings each once lifted into the host.
             "many-injections" => {
@@ -76,6 +79,7 @@ impl Guest for Hostile {
                     warnings: Vec::new(),
                     injections,
                     mirrors: Vec::new(),
+                    pull_secrets: Vec::new(),
                 }))
             }
             "remember" => Ok(remember(&review.namespace, false)),
@@ -85,12 +89,21 @@ impl Guest for Hostile {
                 warnings: Vec::new(),
                 injections: Vec::new(),
                 mirrors: Vec::new(),
+                pull_secrets: Vec::new(),
             })),
             "mirror-unasked" => Ok(Outcome::Patched(Patched {
                 patch: "[]".to_owned(),
                 warnings: Vec::new(),
                 injections: Vec::new(),
                 mirrors: vec!["u__org__acme__domain____project____key__db".to_owned()],
+                pull_secrets: Vec::new(),
+            })),
+            "pull-unasked" => Ok(Outcome::Patched(Patched {
+                patch: "[]".to_owned(),
+                warnings: Vec::new(),
+                injections: Vec::new(),
+                mirrors: Vec::new(),
+                pull_secrets: vec!["img-pull-0123456789abcdef".to_owned()],
             })),
             _ => Ok(Outcome::Unchanged(Vec::new())),
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -28,6 +28,9 @@ const SWEEP_GRACE: Duration = Duration::from_secs(600);
 pub struct Embedded {
     store: Arc<Store>,
     namespaces: reflector::Store<Namespace>,
+    /// The store namespace's Secrets, for Flyte 2's image pull Secrets; `None` unless
+    /// `imagePullSecrets.enabled`.
+    pulls: Option<reflector::Store<Secret>>,
     /// `None` for one held in memory: it writes no mirrors.
     client: Option<kube::Client>,
     written: Written,
@@ -77,22 +80,19 @@ impl Embedded {
         // Source ids seen to change: by the K8s store's watch, or named by an invalidation.
         let (changed, changes) = mpsc::unbounded_channel::<SourceChange>();
         let (store, listed) = store(&client, config, changed.clone()).await?;
-        let (namespaces, writer) = reflector::store();
-        let api: Api<Namespace> = Api::all(client.clone());
-        let reflect = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .for_each(|event| {
-                if let Err(err) = event {
-                    tracing::warn!(error = %err, "watching namespaces");
-                }
-                std::future::ready(())
-            });
-        tokio::spawn(reflect);
+        let namespaces = reflect(Api::<Namespace>::all(client.clone()), "namespaces");
+        let pulls = config.image_pull_secrets.then(|| {
+            let api = Api::<Secret>::namespaced(client.clone(), &config.k8s_namespace);
+            reflect(api, "image pull Secrets")
+        });
         let ready = async {
             if let Some(listed) = listed {
                 listed.ready().await?;
             }
             namespaces.wait_until_ready().await?;
+            if let Some(pulls) = &pulls {
+                pulls.wait_until_ready().await?;
+            }
             anyhow::Ok(())
         };
         tokio::time::timeout(Duration::from_secs(60), ready)
@@ -102,6 +102,7 @@ impl Embedded {
         let embedded = Arc::new(Self {
             store,
             namespaces,
+            pulls,
             client: Some(client.clone()),
             written: Written::default(),
         });
@@ -136,6 +137,7 @@ impl Embedded {
         Arc::new(Self {
             store: Arc::new(Store::new(backend, None)),
             namespaces: reader,
+            pulls: None,
             client: None,
             written: Written::default(),
         })
@@ -166,12 +168,57 @@ impl Embedded {
         Ok(Some(labels.into_iter().collect()))
     }
 
+    /// `cluster.image-pull-secret`: whether the store's namespace holds `name`, from the
+    /// reflector.
+    pub fn image_pull_secret(&self, name: &str) -> Result<bool, String> {
+        let Some(pulls) = &self.pulls else {
+            return Err("the host's configuration does not enable imagePullSecrets".to_owned());
+        };
+        Ok(pulls
+            .state()
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some(name)))
+    }
+
+    /// Copies the image pull Secrets a patch lists into `namespace`, all at once.
+    pub async fn copy_pull_secrets(&self, namespace: &str, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let (Some(client), Some(pulls)) = (&self.client, &self.pulls) else {
+            bail!("this store has no cluster to copy image pull Secrets to");
+        };
+        let copies = names.iter().map(|name| async move {
+            let Some(source) = pulls
+                .state()
+                .into_iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name))
+            else {
+                bail!("image pull Secret {name} is gone from the store's namespace");
+            };
+            let data = serde_json::to_vec(&(&source.type_, &source.data))?;
+            let key = format!("image-pull/{name}");
+            if !self.written.fresh(namespace, &key, &data) {
+                mirror::apply_pull_copy(client, namespace, &source).await?;
+                self.written.record(namespace, &key, &data);
+            }
+            anyhow::Ok(())
+        });
+        for copied in futures::future::join_all(copies).await {
+            copied?;
+        }
+        Ok(())
+    }
+
     /// Writes the mirrors a patch refers to, all at once; the first failure is the answer.
     pub async fn write_mirrors(
         &self,
         namespace: &str,
         mirrors: &[(String, Vec<u8>)],
     ) -> Result<()> {
+        if mirrors.is_empty() {
+            return Ok(());
+        }
         let Some(client) = &self.client else {
             bail!("this store has no cluster to write mirrors to");
         };
@@ -238,6 +285,30 @@ async fn follow_sources(
             }
         }
     }
+}
+
+/// A reflector of `api`'s objects, kept current in the background.
+fn reflect<K>(api: Api<K>, what: &'static str) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + serde::de::DeserializeOwned
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(move |event| {
+            if let Err(err) = event {
+                tracing::warn!(error = %err, "watching {what}");
+            }
+            std::future::ready(())
+        });
+    tokio::spawn(events);
+    reader
 }
 
 /// The configured store, and for the K8s one the backend whose first listing must be awaited.

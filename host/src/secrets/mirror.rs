@@ -82,6 +82,61 @@ pub async fn apply(client: &kube::Client, mirror: &Mirror<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The name a pull copy records its source under (`SOURCE_ID`): `<namespace>/<name>`.
+fn pull_source(source: &Secret) -> String {
+    let meta = &source.metadata;
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Copies image pull Secret `source` (Flyte 2's `img-pull-<hash>`, in the store's namespace)
+/// into `namespace` under its own name, type and data, as Flyte 2 does. Labelled as a mirror:
+/// the mirror policy lets the webhook write only those, and the sweep removes it once no pod
+/// lists it. Written by server-side apply, so a rotated source reaches the copy with the next pod.
+pub async fn apply_pull_copy(
+    client: &kube::Client,
+    namespace: &str,
+    source: &Secret,
+) -> Result<()> {
+    let name = source.metadata.name.clone().unwrap_or_default();
+    let last_used =
+        OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
+    let mut labels = source.metadata.labels.clone().unwrap_or_default();
+    labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    labels.insert(MIRROR_LABEL.0.to_owned(), MIRROR_LABEL.1.to_owned());
+    let desired = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([
+                (SOURCE_ID.to_owned(), pull_source(source)),
+                (LAST_USED.to_owned(), last_used),
+            ])),
+            ..ObjectMeta::default()
+        },
+        type_: source.type_.clone(),
+        data: source.data.clone(),
+        ..Secret::default()
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "copying image pull Secret {} to {namespace}",
+            pull_source(source)
+        )
+    })?;
+    Ok(())
+}
+
 /// JSON Patch operations that only apply to a Secret carrying the mirror label: the API server
 /// checks the `test` and the change in one step, so a Secret that is not ours is never changed,
 /// and nothing needs to be read first (the webhook may not read Secrets outside the source
@@ -177,12 +232,16 @@ pub async fn follow_source(
     Ok(changed)
 }
 
-/// The Secrets a pod refers to: env and envFrom of every container, volumes (projected too).
+/// The Secrets a pod refers to: env and envFrom of every container, volumes (projected too),
+/// image pull Secrets.
 fn referenced(pod: &Pod) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let Some(spec) = &pod.spec else {
         return names;
     };
+    for pull in spec.image_pull_secrets.iter().flatten() {
+        names.insert(pull.name.clone());
+    }
     let containers = spec
         .containers
         .iter()
@@ -301,13 +360,20 @@ mod tests {
                     {"name": "B", "value": "plain"}]}],
                 "volumes": [
                     {"name": "v", "secret": {"secretName": "volume"}},
-                    {"name": "p", "projected": {"sources": [{"secret": {"name": "projected"}}]}}]
+                    {"name": "p", "projected": {"sources": [{"secret": {"name": "projected"}}]}}],
+                "imagePullSecrets": [{"name": "img-pull-0123456789abcdef"}]
             }
         }))
         .unwrap();
         assert_eq!(
             referenced(&pod).into_iter().collect::<Vec<_>>(),
-            ["env-ref", "from-init", "projected", "volume"]
+            [
+                "env-ref",
+                "from-init",
+                "img-pull-0123456789abcdef",
+                "projected",
+                "volume"
+            ]
         );
     }
 }

@@ -19,7 +19,7 @@ use crate::pod::objects::{
     Container, EmptyDir, EnvVar, KeyToPath, ProjectedSecret, ProjectedVolume, Projection, Volume,
     VolumeMount,
 };
-use crate::scope::{MIRROR_KEY, Scope, check_binding, mirror_name};
+use crate::scope::{MIRROR_KEY, Scope, check_binding, mirror_name, pull_secret_name};
 use crate::secret::{MountRequirement, Secret};
 use crate::settings::{EmbeddedMode, EmbeddedSettings};
 
@@ -51,7 +51,11 @@ pub fn inject(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<()
             ));
         }
     }
-    let (id, value) = resolve(cx, &scope, &secret.key)?;
+    let (found, id, value) = resolve(cx, &scope, &secret.key)?;
+    let pull = match settings.image_pull_secrets.enabled {
+        true => pull_secret(cx, &found, &secret.key)?,
+        false => None,
+    };
     match (settings.mode, file) {
         (EmbeddedMode::Mirror, false) => mirror_env(cx, pod, secret, &id, &value)?,
         (EmbeddedMode::Mirror, true) => mirror_file(pod, secret, &id)?,
@@ -59,12 +63,31 @@ pub fn inject(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<()
         (EmbeddedMode::Plaintext, true) => plaintext_file(settings, pod, secret, &value),
     }
     if settings.mode == EmbeddedMode::Mirror {
-        let mut mirrors = cx.mirrors.borrow_mut();
-        if !mirrors.contains(&id) {
-            mirrors.push(id);
-        }
+        push_once(&cx.mirrors, id);
+    }
+    if let Some(name) = pull {
+        pod.add_image_pull_secret(&name);
+        push_once(&cx.pull_secrets, name);
     }
     Ok(())
+}
+
+fn push_once(list: &std::cell::RefCell<Vec<String>>, item: String) {
+    let mut list = list.borrow_mut();
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+/// Flyte 2's image pull Secret for `key` in the scope it was found in, when the store's
+/// namespace has one. Asked before any edit: a refusal leaves the pod untouched.
+fn pull_secret(cx: &Context<'_>, found: &Scope, key: &str) -> Result<Option<String>, Refused> {
+    let name = pull_secret_name(found, key);
+    match cx.host.cluster.image_pull_secret(&name) {
+        Ok(true) => Ok(Some(name)),
+        Ok(false) => Ok(None),
+        Err(err) => refuse(format!("reading image pull Secret {name}: {err}")),
+    }
 }
 
 /// Refuses a scope its namespace does not stand for: a pod's labels are written by whoever
@@ -74,7 +97,7 @@ fn bind(cx: &Context<'_>, scope: &Scope, settings: &EmbeddedSettings) -> Result<
     let template = &settings.namespace_template;
     // The template first: it needs no call to the host.
     check_binding(scope, namespace, template, None).or_else(refuse)?;
-    let labels = match cx.host.namespaces.labels(namespace) {
+    let labels = match cx.host.cluster.labels(namespace) {
         Ok(Some(labels)) => labels,
         Ok(None) => return refuse(format!("namespace {namespace:?} does not exist")),
         Err(err) => return refuse(format!("cannot read namespace {namespace:?}: {err}")),
@@ -88,11 +111,15 @@ fn bind(cx: &Context<'_>, scope: &Scope, settings: &EmbeddedSettings) -> Result<
 
 /// The narrowest scope's id and value of `key`. Only "no such secret" widens the search; a store
 /// that cannot be read stops it, so a broader scope's value never stands in for the task's own.
-fn resolve(cx: &Context<'_>, scope: &Scope, key: &str) -> Result<(String, Vec<u8>), Refused> {
+fn resolve(
+    cx: &Context<'_>,
+    scope: &Scope,
+    key: &str,
+) -> Result<(Scope, String, Vec<u8>), Refused> {
     for scope in scope.cascade() {
         let id = scope.secret_id(key);
         match cx.host.store.lookup(&id) {
-            Ok(Some(value)) => return Ok((id, value)),
+            Ok(Some(value)) => return Ok((scope, id, value)),
             Ok(None) => {}
             Err(err) => return refuse(format!("reading secret {id}: {err}")),
         }

@@ -47,10 +47,13 @@ pub trait SecretStore {
     fn lookup(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
 }
 
-/// The cluster's namespaces, for binding a pod's scope to its namespace.
-pub trait Namespaces {
+/// What the policy may know of the cluster: namespaces, for binding a pod's scope to its
+/// namespace, and the image pull Secrets beside the store.
+pub trait Cluster {
     /// The labels of namespace `name`, `None` when there is no such namespace.
     fn labels(&self, name: &str) -> Result<Option<Vec<(String, String)>>, String>;
+    /// Whether the store's namespace holds image pull Secret `name`.
+    fn image_pull_secret(&self, name: &str) -> Result<bool, String>;
 }
 
 /// What a host without a secret store answers.
@@ -62,9 +65,13 @@ impl SecretStore for NoStore {
     }
 }
 
-impl Namespaces for NoStore {
+impl Cluster for NoStore {
     fn labels(&self, _name: &str) -> Result<Option<Vec<(String, String)>>, String> {
         Err("this host cannot read namespaces".to_owned())
+    }
+
+    fn image_pull_secret(&self, _name: &str) -> Result<bool, String> {
+        Err("this host cannot read image pull Secrets".to_owned())
     }
 }
 
@@ -73,7 +80,7 @@ impl Namespaces for NoStore {
 pub struct Host<'a> {
     pub globals: &'a dyn GlobalSecrets,
     pub store: &'a dyn SecretStore,
-    pub namespaces: &'a dyn Namespaces,
+    pub cluster: &'a dyn Cluster,
 }
 
 impl<'a> Host<'a> {
@@ -82,7 +89,7 @@ impl<'a> Host<'a> {
         Self {
             globals,
             store: &NoStore,
-            namespaces: &NoStore,
+            cluster: &NoStore,
         }
     }
 }
@@ -105,6 +112,8 @@ pub struct Context<'a> {
     pub namespace: &'a str,
     /// Secret ids whose mirrors the edits so far refer to.
     pub mirrors: std::cell::RefCell<Vec<String>>,
+    /// Image pull Secrets the edits so far list, for the host to copy into the namespace.
+    pub pull_secrets: std::cell::RefCell<Vec<String>>,
 }
 
 /// Asks one manager to inject `secret` into `pod`.

@@ -236,6 +236,42 @@ impl<'a> Pod<'a> {
         }
     }
 
+    /// Lists image pull Secret `name` in `spec.imagePullSecrets` unless it is there. The list is
+    /// then sorted by name, as Flyte 2 sorts it (stable: the pod's own order among equal names).
+    pub fn add_image_pull_secret(&mut self, name: &str) {
+        let name_of = |r: &view::LocalRef<'_>| {
+            r.name
+                .as_ref()
+                .map(Str::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let listed = self.spec.image_pull_secrets.iter().flatten();
+        if listed.map(name_of).any(|listed| listed == name) {
+            return;
+        }
+        let (spec, patch) = self.spec_mut();
+        let seen = view::LocalRef {
+            name: Some(Str::from(name)),
+        };
+        let Some(list) = &mut spec.image_pull_secrets else {
+            patch.add(
+                format_args!("/spec/imagePullSecrets"),
+                &[objects::LocalRef { name }],
+            );
+            spec.image_pull_secrets = Some(vec![seen]);
+            return;
+        };
+        list.push(seen);
+        list.sort_by_key(name_of);
+        let names: Vec<String> = list.iter().map(name_of).collect();
+        let refs: Vec<objects::LocalRef<'_>> = names
+            .iter()
+            .map(|name| objects::LocalRef { name })
+            .collect();
+        patch.replace(format_args!("/spec/imagePullSecrets"), &refs);
+    }
+
     /// The plain value of env var `name` of init container `index`.
     pub fn init_env(&self, index: usize, name: &str) -> Option<&str> {
         let container = self.entries(true).get(index)?;

@@ -79,6 +79,14 @@ pub struct VolumeMount<'s> {
     pub read_only: Option<bool>,
 }
 
+/// An entry of `spec.imagePullSecrets`; an empty name is left out, as Kubernetes' Go types
+/// write it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocalRef<'s> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: &'s str,
+}
+
 /// An entry of `spec.volumes`: a Secret's keys, or a memory-backed scratch directory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Volume<'s> {

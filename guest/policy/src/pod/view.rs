@@ -82,6 +82,16 @@ pub struct Spec<'a> {
     pub containers: Option<Vec<Container<'a>>>,
     #[serde(borrow, default)]
     pub volumes: Option<Vec<Volume<'a>>>,
+    #[serde(borrow, default)]
+    pub image_pull_secrets: Option<Vec<LocalRef<'a>>>,
+}
+
+/// A `LocalObjectReference`: `{name}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
+pub struct LocalRef<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Str<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,6 +262,7 @@ objects_only!(
     Projection,
     SecretSource,
     KeyToPath,
+    LocalRef,
     Metadata
 );
 
@@ -344,7 +355,12 @@ fn shape_error(json: &str) -> Option<String> {
     if !object(spec) {
         return Some("spec is not an object".to_owned());
     }
-    for field in ["initContainers", "containers", "volumes"] {
+    for field in [
+        "initContainers",
+        "containers",
+        "volumes",
+        "imagePullSecrets",
+    ] {
         let entries = &spec[field];
         if !list(entries) {
             return Some(format!("spec.{field} is not a list"));
@@ -384,6 +400,9 @@ fn entry_shape_error(entry: &serde_json::Value, field: &str) -> Option<String> {
     };
     if !string(&entry["name"]) {
         return Some("name is not a string".to_owned());
+    }
+    if field == "imagePullSecrets" {
+        return None;
     }
     if field == "volumes" {
         let secret = &entry["secret"];
