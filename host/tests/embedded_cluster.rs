@@ -140,11 +140,11 @@ struct Flyte2 {
 
 impl Flyte2 {
     async fn start(test: &str) -> Option<Flyte2> {
-        Self::start_with(test, "").await
+        Self::start_with(test, ("", "")).await
     }
 
-    /// `embedded` adds lines to the `embeddedSecretManagerConfig` section.
-    async fn start_with(test: &str, embedded: &str) -> Option<Flyte2> {
+    /// `edit` is a replacement in deploy/'s config (from, to); it must apply.
+    async fn start_with(test: &str, edit: (&str, &str)) -> Option<Flyte2> {
         let api = ApiServer::start(test).await?;
         api.create_namespace(NAMESPACE, &[]).await;
         api.create_namespace(SOURCE, &[]).await;
@@ -171,11 +171,13 @@ impl Flyte2 {
         let config = common::workspace().join("deploy/components/embedded/config.yaml");
         let text = std::fs::read_to_string(config)
             .unwrap()
-            .replace("cacheInvalidationPort: 9444", "cacheInvalidationPort: 0")
-            .replace(
-                "  embeddedSecretManagerConfig:\n",
-                &format!("  embeddedSecretManagerConfig:\n{embedded}"),
-            );
+            .replace("cacheInvalidationPort: 9444", "cacheInvalidationPort: 0");
+        assert!(
+            text.contains(edit.0),
+            "deploy/'s config has no {:?}",
+            edit.0
+        );
+        let text = text.replace(edit.0, edit.1);
         let config = api.dir().join("embedded.yaml");
         std::fs::write(&config, text).unwrap();
         let replica = Replica::start(
@@ -347,7 +349,10 @@ async fn wait_until_injecting(flyte: &Flyte2) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_pull_secrets_through_the_api_server() {
     let test = "image_pull_secrets_through_the_api_server";
-    let pulls = "    imagePullSecrets:\n      enabled: true\n";
+    let pulls = (
+        "imagePullSecrets:\n      enabled: false",
+        "imagePullSecrets:\n      enabled: true",
+    );
     let Some(flyte) = Flyte2::start_with(test, pulls).await else {
         return;
     };
