@@ -28,9 +28,9 @@ const SWEEP_GRACE: Duration = Duration::from_secs(600);
 pub struct Embedded {
     store: Arc<Store>,
     namespaces: reflector::Store<Namespace>,
-    /// The store namespace's Secrets, for Flyte 2's image pull Secrets; `None` unless
+    /// The store namespace and its Secrets, for Flyte 2's image pull Secrets; `None` unless
     /// `imagePullSecrets.enabled`.
-    pulls: Option<reflector::Store<Secret>>,
+    pulls: Option<(String, reflector::Store<Secret>)>,
     /// `None` for one held in memory: it writes no mirrors.
     client: Option<kube::Client>,
     written: Written,
@@ -83,14 +83,17 @@ impl Embedded {
         let namespaces = reflect(Api::<Namespace>::all(client.clone()), "namespaces");
         let pulls = config.image_pull_secrets.then(|| {
             let api = Api::<Secret>::namespaced(client.clone(), &config.k8s_namespace);
-            reflect(api, "image pull Secrets")
+            (
+                config.k8s_namespace.clone(),
+                reflect(api, "image pull Secrets"),
+            )
         });
         let ready = async {
             if let Some(listed) = listed {
                 listed.ready().await?;
             }
             namespaces.wait_until_ready().await?;
-            if let Some(pulls) = &pulls {
+            if let Some((_, pulls)) = &pulls {
                 pulls.wait_until_ready().await?;
             }
             anyhow::Ok(())
@@ -171,13 +174,16 @@ impl Embedded {
     /// `cluster.image-pull-secret`: whether the store's namespace holds `name`, from the
     /// reflector.
     pub fn image_pull_secret(&self, name: &str) -> Result<bool, String> {
-        let Some(pulls) = &self.pulls else {
-            return Err("the host's configuration does not enable imagePullSecrets".to_owned());
-        };
-        Ok(pulls
-            .state()
-            .iter()
-            .any(|s| s.metadata.name.as_deref() == Some(name)))
+        match self.pull_source(name) {
+            Some(found) => Ok(found.is_some()),
+            None => Err("the host's configuration does not enable imagePullSecrets".to_owned()),
+        }
+    }
+
+    /// Image pull Secret `name` in the store's namespace; `None` when they are not followed.
+    fn pull_source(&self, name: &str) -> Option<Option<Arc<Secret>>> {
+        let (namespace, pulls) = self.pulls.as_ref()?;
+        Some(pulls.get(&ObjectRef::new(name).within(namespace)))
     }
 
     /// Copies the image pull Secrets a patch lists into `namespace`, all at once.
@@ -185,15 +191,11 @@ impl Embedded {
         if names.is_empty() {
             return Ok(());
         }
-        let (Some(client), Some(pulls)) = (&self.client, &self.pulls) else {
+        let Some(client) = &self.client else {
             bail!("this store has no cluster to copy image pull Secrets to");
         };
         let copies = names.iter().map(|name| async move {
-            let Some(source) = pulls
-                .state()
-                .into_iter()
-                .find(|s| s.metadata.name.as_deref() == Some(name))
-            else {
+            let Some(Some(source)) = self.pull_source(name) else {
                 bail!("image pull Secret {name} is gone from the store's namespace");
             };
             let data = serde_json::to_vec(&(&source.type_, &source.data))?;
