@@ -452,7 +452,10 @@ fn activate(
 
 /// The Embedded manager's store, when the settings use it. It needs an API server even in
 /// local mode: its values live in the cluster.
-async fn embedded(config: &Config) -> Result<Option<Arc<Embedded>>> {
+async fn embedded(
+    config: &Config,
+    leadership: crate::cluster::Leadership,
+) -> Result<Option<Arc<Embedded>>> {
     let Some(embedded) = &config.embedded else {
         return Ok(None);
     };
@@ -471,7 +474,7 @@ async fn embedded(config: &Config) -> Result<Option<Arc<Embedded>>> {
         "the Embedded manager reads secrets from the cluster: no Kubernetes API server found \
          (in-cluster, KUBECONFIG or ~/.kube/config)",
     )?;
-    Ok(Some(Embedded::start(client, embedded).await?))
+    Ok(Some(Embedded::start(client, embedded, leadership).await?))
 }
 
 /// Whether a Kubernetes API server can be found the usual ways: in-cluster, `KUBECONFIG`, or
@@ -505,7 +508,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(ca = %ca.display(), "local mode: no registration; clients should trust this CA");
     }
     let runtime = runtime(&args.policy)?;
-    let embedded = embedded(&config).await?;
+    // Alone in local mode; in a cluster, the election decides.
+    let leadership = crate::cluster::Leadership::new(local);
+    let embedded = embedded(&config, leadership.clone()).await?;
     let active = activate(&args.policy, &config, &runtime, embedded.clone())?;
     let metrics = Arc::new(Metrics::default());
     metrics.policy_in_service(&active.digest());
@@ -530,7 +535,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let cluster = match local {
         true => None,
-        false => Some(cluster_setup(&args, &config, readiness.clone(), metrics.clone()).await?),
+        false => Some(
+            cluster_setup(
+                &args,
+                &config,
+                readiness.clone(),
+                metrics.clone(),
+                leadership,
+            )
+            .await?,
+        ),
     };
     let certs = match &cluster {
         Some(cluster) => cluster.store.clone(),
@@ -662,6 +676,7 @@ async fn cluster_setup(
     config: &Config,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
+    leadership: crate::cluster::Leadership,
 ) -> Result<crate::cluster::Prepared> {
     let client = kube::Client::try_default()
         .await
@@ -688,6 +703,7 @@ async fn cluster_setup(
         target,
         readiness,
         metrics,
+        leadership,
     };
     setup.prepare().await
 }

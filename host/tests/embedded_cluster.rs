@@ -136,6 +136,10 @@ async fn embedded_fixtures_through_the_server() {
 struct Flyte2 {
     api: ApiServer,
     replica: Replica,
+    /// How the replica was started: the webhook's kubeconfig, the registered URL, the config.
+    kubeconfig: PathBuf,
+    url: String,
+    config: PathBuf,
 }
 
 impl Flyte2 {
@@ -190,7 +194,13 @@ impl Flyte2 {
         .await;
         backends.lock().unwrap().push(replica.port);
         replica.wait_ready().await;
-        Some(Flyte2 { api, replica })
+        Some(Flyte2 {
+            api,
+            replica,
+            kubeconfig: as_webhook,
+            url,
+            config,
+        })
     }
 
     fn client(&self) -> kube::Client {
@@ -428,6 +438,59 @@ async fn image_pull_secrets_through_the_api_server() {
         .await
         .unwrap();
     assert_eq!(pod.spec.unwrap().image_pull_secrets, None);
+}
+
+/// With two replicas, a changed source is followed by the elected one only: each following
+/// replica would patch every namespace's mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_elected_replica_follows_sources() {
+    let Some(flyte) = Flyte2::start("only_the_elected_replica_follows_sources").await else {
+        return;
+    };
+    let id = scope().cascade()[2].secret_id("db");
+    flyte.set_source(&id, Some("first")).await;
+    wait_until_injecting(&flyte).await;
+    // Joins after the first replica was elected (it registered the webhook).
+    let second = Replica::start_with_env(
+        flyte.api.dir(),
+        &flyte.kubeconfig,
+        &flyte.url,
+        "second",
+        &["--config", flyte.config.to_str().unwrap()],
+        &[("RUST_LOG", "info,secrets_webhook::secrets::embedded=debug")],
+    )
+    .await;
+    second.wait_ready().await;
+    flyte
+        .create_pod("task", scope_labels(), requests(&["db"]), false)
+        .await
+        .unwrap();
+    flyte.wait_for_mirror(&id, Some("first")).await;
+
+    flyte.set_source(&id, Some("second")).await;
+    flyte.wait_for_mirror(&id, Some("second")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second
+        .log()
+        .contains("not elected: the elected replica follows this source")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second replica did not leave the change to the elected one:\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        flyte.replica.log().contains("mirrors follow their source"),
+        "{}",
+        flyte.replica.log()
+    );
+    assert!(
+        !second.log().contains("mirrors follow their source"),
+        "{}",
+        second.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

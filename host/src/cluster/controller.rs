@@ -56,6 +56,7 @@ pub struct Controller {
     pub target: Option<WebhookTarget>,
     pub ca: CaSource,
     pub metrics: Arc<Metrics>,
+    pub leadership: super::Leadership,
 }
 
 impl Controller {
@@ -72,7 +73,7 @@ impl Controller {
             _ = stop => {}
         }
         // `lead` is gone and its receiver with it: the lease task releases the Lease and ends.
-        self.metrics.set_leader(false);
+        self.set_leader(false);
         match tokio::time::timeout(Duration::from_secs(3), lease).await {
             Ok(Ok(Ok(_))) => tracing::info!(identity = self.identity, "left the election"),
             Ok(Ok(Err(err))) => {
@@ -87,6 +88,11 @@ impl Controller {
         }
     }
 
+    fn set_leader(&self, leading: bool) {
+        self.metrics.set_leader(leading);
+        self.leadership.set(leading);
+    }
+
     async fn lead(&self, mut leading: watch::Receiver<bool>, mut pokes: mpsc::Receiver<()>) {
         loop {
             while !*leading.borrow_and_update() {
@@ -95,7 +101,7 @@ impl Controller {
                     _ = pokes.recv() => {}
                 }
             }
-            self.metrics.set_leader(true);
+            self.set_leader(true);
             tracing::info!(
                 identity = self.identity,
                 "elected: this replica keeps the certificates and the webhook configuration"
@@ -125,7 +131,7 @@ impl Controller {
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
-            self.metrics.set_leader(false);
+            self.set_leader(false);
             tracing::info!(identity = self.identity, "no longer elected");
         }
     }

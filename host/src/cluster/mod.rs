@@ -32,6 +32,25 @@ pub enum Certs {
     Files(PathBuf),
 }
 
+/// Whether this replica is the elected one, for work one replica should do for all (the
+/// Embedded manager's mirror upkeep). A replica that runs no election leads itself.
+#[derive(Clone)]
+pub struct Leadership(Arc<watch::Sender<bool>>);
+
+impl Leadership {
+    pub fn new(leading: bool) -> Self {
+        Self(Arc::new(watch::Sender::new(leading)))
+    }
+
+    pub fn set(&self, leading: bool) {
+        self.0.send_replace(leading);
+    }
+
+    pub fn leads(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
 /// What `serve` runs in a cluster.
 pub struct Setup {
     pub client: kube::Client,
@@ -44,6 +63,8 @@ pub struct Setup {
     pub target: Option<WebhookTarget>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Set by the election.
+    pub leadership: Leadership,
 }
 
 /// The serving certificate is ready; [`Prepared::launch`] starts the watches and the controller
@@ -146,6 +167,8 @@ impl Prepared {
         }
         let managed = matches!(setup.certs, Certs::Managed);
         if !managed && setup.target.is_none() {
+            // No election: this replica does its share of the upkeep itself.
+            setup.leadership.set(true);
             return Running {
                 stop: None,
                 controller: None,
@@ -159,6 +182,7 @@ impl Prepared {
             target: setup.target,
             ca,
             metrics: setup.metrics,
+            leadership: setup.leadership,
         };
         let (stop, stopped) = oneshot::channel();
         Running {

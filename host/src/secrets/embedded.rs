@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::k8s::{K8sBackend, SourceChange};
 use super::mirror::{self, Mirror};
 use super::store::{Backend, Store};
+use crate::cluster::Leadership;
 use crate::config::{EmbeddedConfig, StoreType};
 
 /// A lookup that takes longer than this fails the pod rather than the API server's call.
@@ -76,7 +77,11 @@ impl Embedded {
     /// Starts the store's backend, the namespace reflector, the mirrors' upkeep and, when
     /// configured, the invalidation endpoint. Returns once the store and the namespaces are
     /// listed: before that every secret would look missing.
-    pub async fn start(client: kube::Client, config: &EmbeddedConfig) -> Result<Arc<Self>> {
+    pub async fn start(
+        client: kube::Client,
+        config: &EmbeddedConfig,
+        leadership: Leadership,
+    ) -> Result<Arc<Self>> {
         // Source ids seen to change: by the K8s store's watch, or named by an invalidation.
         let (changed, changes) = mpsc::unbounded_channel::<SourceChange>();
         let (store, listed) = store(&client, config, changed.clone()).await?;
@@ -109,8 +114,14 @@ impl Embedded {
             client: Some(client.clone()),
             written: Written::default(),
         });
-        tokio::spawn(follow_sources(client.clone(), embedded.clone(), changes));
-        tokio::spawn(sweep(client));
+        let upkeep = leadership.clone();
+        tokio::spawn(follow_sources(
+            client.clone(),
+            embedded.clone(),
+            changes,
+            upkeep,
+        ));
+        tokio::spawn(sweep(client, leadership));
         if let Some(port) = config.invalidation_port {
             let listen = std::net::SocketAddr::from(([0, 0, 0, 0], port));
             let on_invalidate = move |ids: Vec<String>| {
@@ -248,13 +259,25 @@ impl Embedded {
 
 /// Brings the mirrors of every changed source in line, in every namespace (a mirror is looked
 /// for by name: the webhook may not list Secrets outside the source namespace). An invalidated id
-/// is read again first. Every replica does it: a mirror already in line is not written again.
+/// is read again first.
+///
+/// Every replica sees the K8s store's watch, so only the elected one follows what it reports
+/// (else each change costs a patch per namespace per replica). An invalidation reaches only the
+/// replica the Service picked: that one follows it, elected or not.
 async fn follow_sources(
     client: kube::Client,
     embedded: Arc<Embedded>,
     mut changes: mpsc::UnboundedReceiver<SourceChange>,
+    leadership: Leadership,
 ) {
     while let Some(change) = changes.recv().await {
+        if !change.refetch && !leadership.leads() {
+            tracing::debug!(
+                id = change.id,
+                "not elected: the elected replica follows this source"
+            );
+            continue;
+        }
         let value = match change.refetch {
             false => change.value,
             true => match embedded.store.get(&change.id).await {
@@ -373,14 +396,17 @@ fn cloud(backend: impl Backend + 'static) -> Arc<Store> {
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 const CLOUD_TTL: Duration = Duration::from_secs(300);
 
-/// Removes mirrors no pod refers to. Finding them takes listing Secrets in every namespace,
-/// which deploy/ grants only with the `embedded-sweep` component: without it the sweep stops
-/// after saying so once, and mirrors live until their source goes.
-async fn sweep(client: kube::Client) {
+/// Removes mirrors no pod refers to; the elected replica only. Finding them takes listing
+/// Secrets in every namespace, which deploy/ grants only with the `embedded-sweep` component:
+/// without it the sweep stops after saying so once, and mirrors live until their source goes.
+async fn sweep(client: kube::Client, leadership: Leadership) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     every.tick().await;
     loop {
         every.tick().await;
+        if !leadership.leads() {
+            continue;
+        }
         match mirror::sweep(&client, SWEEP_GRACE).await {
             Ok(0) => {}
             Ok(swept) => tracing::info!(swept, "unused mirrors removed"),
