@@ -79,17 +79,13 @@ impl AzureBackend {
             .bearer_auth(token.token.secret())
             .send()
             .await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        if status == reqwest::StatusCode::NOT_FOUND {
+        let reason = |body: &[u8]| {
+            let e = serde_json::from_slice::<ErrorResponse>(body).ok()?.error;
+            Some(format!("{}: {} (secret name {name})", e.code, e.message))
+        };
+        let Some(body) = super::https::found(response, "Key Vault", reason).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            let reason = serde_json::from_slice::<ErrorResponse>(&body)
-                .map(|e| format!("{}: {}", e.error.code, e.error.message))
-                .unwrap_or_default();
-            bail!("Key Vault answered {status} {reason} (secret name {name})");
-        }
+        };
         let secret: SecretBundle = serde_json::from_slice(&body).context("Key Vault's answer")?;
         match secret.value {
             Some(value) if !value.is_empty() => decode_value(&value).map(Some),

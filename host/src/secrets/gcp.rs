@@ -91,17 +91,13 @@ impl GcpBackend {
         };
         let url = format!("{}{id}/versions/latest:access", self.secrets);
         let response = self.http.get(url).headers(headers).send().await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        if status == reqwest::StatusCode::NOT_FOUND {
+        let reason = |body: &[u8]| {
+            let e = serde_json::from_slice::<ErrorResponse>(body).ok()?.error;
+            Some(format!("{} {}", e.status, e.message))
+        };
+        let Some(body) = super::https::found(response, "Secret Manager", reason).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            let reason = serde_json::from_slice::<ErrorResponse>(&body)
-                .map(|e| format!("{} {}", e.error.status, e.error.message))
-                .unwrap_or_default();
-            bail!("Secret Manager answered {status} {reason}");
-        }
+        };
         let access: AccessResponse =
             serde_json::from_slice(&body).context("Secret Manager's answer")?;
         // As Flyte 2: a version with no payload is an error, not "not found".

@@ -29,3 +29,23 @@ pub fn with_roots(roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client> {
 pub fn install_ring() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// The body of a store's answer to a read: `None` for 404 (no such secret), an error naming
+/// `service`, the status and what `reason` finds in the error body for any other failure.
+pub async fn found(
+    response: reqwest::Response,
+    service: &str,
+    reason: impl Fn(&[u8]) -> Option<String>,
+) -> Result<Option<bytes::Bytes>> {
+    let status = response.status();
+    let body = response.bytes().await?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        status.is_success(),
+        "{service} answered {status} {}",
+        reason(&body).unwrap_or_default()
+    );
+    Ok(Some(body))
+}
