@@ -345,7 +345,8 @@ impl Lookups {
     }
 }
 
-/// Writes the mirrors `outcome` relies on, before the pod is admitted; nothing on a dry run.
+/// Writes the mirrors and copies the image pull Secrets `outcome` relies on, before the pod is
+/// admitted; nothing on a dry run.
 async fn write_mirrors(
     review: &Review,
     outcome: &Outcome,

@@ -79,11 +79,8 @@ impl AzureBackend {
             .bearer_auth(token.token.secret())
             .send()
             .await?;
-        let reason = |body: &[u8]| {
-            let e = serde_json::from_slice::<ErrorResponse>(body).ok()?.error;
-            Some(format!("{}: {} (secret name {name})", e.code, e.message))
-        };
-        let Some(body) = super::https::found(response, "Key Vault", reason).await? else {
+        let found = super::https::found(response, "Key Vault").await;
+        let Some(body) = found.with_context(|| format!("Key Vault secret {name}"))? else {
             return Ok(None);
         };
         let secret: SecretBundle = serde_json::from_slice(&body).context("Key Vault's answer")?;
@@ -193,19 +190,6 @@ pub fn encode_name(id: &str) -> Result<String> {
 #[derive(Deserialize)]
 struct SecretBundle {
     value: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorResponse {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
 }
 
 /// Flyte 2's envelope. Its Go type marshals `type` by name; a number (the enum's value) is

@@ -32,19 +32,6 @@ struct Payload {
     data: String,
 }
 
-#[derive(Deserialize)]
-struct ErrorResponse {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    status: String,
-    #[serde(default)]
-    message: String,
-}
-
 impl GcpBackend {
     /// A backend with Application Default Credentials.
     pub fn from_environment(project: &str, endpoint: Option<&str>) -> Result<Self> {
@@ -91,11 +78,7 @@ impl GcpBackend {
         };
         let url = format!("{}{id}/versions/latest:access", self.secrets);
         let response = self.http.get(url).headers(headers).send().await?;
-        let reason = |body: &[u8]| {
-            let e = serde_json::from_slice::<ErrorResponse>(body).ok()?.error;
-            Some(format!("{} {}", e.status, e.message))
-        };
-        let Some(body) = super::https::found(response, "Secret Manager", reason).await? else {
+        let Some(body) = super::https::found(response, "Secret Manager").await? else {
             return Ok(None);
         };
         let access: AccessResponse =

@@ -31,12 +31,8 @@ pub fn install_ring() {
 }
 
 /// The body of a store's answer to a read: `None` for 404 (no such secret), an error naming
-/// `service`, the status and what `reason` finds in the error body for any other failure.
-pub async fn found(
-    response: reqwest::Response,
-    service: &str,
-    reason: impl Fn(&[u8]) -> Option<String>,
-) -> Result<Option<bytes::Bytes>> {
+/// `service`, the status and the error body's reason for any other failure.
+pub async fn found(response: reqwest::Response, service: &str) -> Result<Option<bytes::Bytes>> {
     let status = response.status();
     let body = response.bytes().await?;
     if status == reqwest::StatusCode::NOT_FOUND {
@@ -48,4 +44,32 @@ pub async fn found(
         reason(&body).unwrap_or_default()
     );
     Ok(Some(body))
+}
+
+/// Google's and Azure's error bodies share a shape: `{"error": {"code", "message"}}`, Google's
+/// adding `status` (its `code` is the HTTP number), Azure's `code` being a name.
+#[derive(serde::Deserialize)]
+struct ErrorResponse {
+    error: ErrorBody,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: serde_json::Value,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    message: String,
+}
+
+/// `<status or code>: <message>`, from an error body of that shape.
+fn reason(body: &[u8]) -> Option<String> {
+    let error = serde_json::from_slice::<ErrorResponse>(body).ok()?.error;
+    let name = match (error.status, error.code) {
+        (Some(status), _) => status,
+        (None, serde_json::Value::String(code)) => code,
+        (None, code) => code.to_string(),
+    };
+    Some(format!("{name}: {}", error.message))
 }
