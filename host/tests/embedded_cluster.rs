@@ -469,23 +469,13 @@ async fn only_the_elected_replica_follows_sources() {
 
     flyte.set_source(&id, Some("second")).await;
     flyte.wait_for_mirror(&id, Some("second")).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !second
-        .log()
-        .contains("not elected: the elected replica follows this source")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the second replica did not leave the change to the elected one:\n{}",
-            second.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        flyte.replica.log().contains("mirrors follow their source"),
-        "{}",
-        flyte.replica.log()
-    );
+    second
+        .wait_for_log("not elected: the elected replica follows this source")
+        .await;
+    flyte
+        .replica
+        .wait_for_log("mirrors follow their source")
+        .await;
     assert!(
         !second.log().contains("mirrors follow their source"),
         "{}",

@@ -202,6 +202,21 @@ impl Replica {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log holds `line`: a replica logs what it did after doing it, so a
+    /// test that saw the effect can still be ahead of the line.
+    pub async fn wait_for_log(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(line) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {line:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGTERM, as the kubelet stops a pod, and waits for the process to end.
     pub fn terminate(&mut self) {
         let status = Command::new("kill")
