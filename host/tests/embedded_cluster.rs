@@ -54,6 +54,46 @@ async fn write_sources(client: &kube::Client, namespace: &str, sources: &BTreeMa
     }
 }
 
+/// The fixture's pull Secrets the expected pod lists are copied into the task namespace (same
+/// type and data, their labels and the mirror label); the others are not.
+async fn check_pull_copies(client: &kube::Client, fixture: &Fixture) -> Result<(), String> {
+    let listed = &fixture.expected["pod"]["spec"]["imagePullSecrets"];
+    let listed: Vec<&str> = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|reference| reference["name"].as_str())
+        .collect();
+    let tasks: Api<Secret> = Api::namespaced(client.clone(), TASKS);
+    for pull in &fixture.pull_secrets {
+        let name = pull.metadata.name.as_deref().unwrap();
+        let copy = tasks.get_opt(name).await.map_err(|err| err.to_string())?;
+        let copy = match (listed.contains(&name), copy) {
+            (true, Some(copy)) => copy,
+            (false, None) => continue,
+            (true, None) => return Err(format!("listed pull Secret {name} was not copied")),
+            (false, Some(_)) => return Err(format!("unlisted pull Secret {name} was copied")),
+        };
+        let labels = copy.metadata.labels.unwrap_or_default();
+        let mut wanted = pull.metadata.labels.clone().unwrap_or_default();
+        wanted.insert("secrets-webhook.flyte.org/mirror".into(), "true".into());
+        if let Some((key, value)) = wanted
+            .iter()
+            .find(|(key, value)| labels.get(*key) != Some(value))
+        {
+            return Err(format!(
+                "pull Secret {name} copied without label {key}={value}"
+            ));
+        }
+        if (&copy.type_, &copy.data) != (&pull.type_, &pull.data) {
+            return Err(format!(
+                "pull Secret {name} copied with another type or data"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The fixture's configuration with its own source namespace.
 fn config_for(fixture: &Fixture, source: &str, dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(fixture.config.as_ref().unwrap()).unwrap();
@@ -89,6 +129,10 @@ async fn embedded_fixtures_through_the_server() {
         let source = format!("source-{index}");
         api.create_namespace(&source, &[]).await;
         write_sources(&client, &source, fixture.sources.as_ref().unwrap()).await;
+        let sources: Api<Secret> = Api::namespaced(client.clone(), &source);
+        for pull in &fixture.pull_secrets {
+            sources.create(&PostParams::default(), pull).await.unwrap();
+        }
         let config = config_for(fixture, &source, api.dir());
         let certs = api.dir().join(format!("certs-{index}"));
         let globals = common::fixtures().join("global-secrets");
@@ -117,6 +161,8 @@ async fn embedded_fixtures_through_the_server() {
             failures.push(format!("{}: HTTP {status}: {response}", fixture.name));
         } else if let Err(why) = check(fixture, &response) {
             failures.push(format!("{}: {why}\n{}", fixture.name, replica.log()));
+        } else if let Err(why) = check_pull_copies(&client, fixture).await {
+            failures.push(format!("{}: {why}", fixture.name));
         }
         let counted = counted_since(&before, &injections(&replica.metrics().await));
         if let Err(why) = check_injected(fixture, "the metric counted", &counted) {

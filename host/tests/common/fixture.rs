@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 
 use super::{fixtures, patch_of};
@@ -15,6 +16,8 @@ pub struct Fixture {
     pub config: Option<PathBuf>,
     /// Source secrets by Flyte 2 secret id (Embedded manager fixtures only).
     pub sources: Option<BTreeMap<String, String>>,
+    /// Image pull Secrets in the source namespace, as v1 Secrets (Embedded manager fixtures only).
+    pub pull_secrets: Vec<Secret>,
 }
 
 pub fn load_fixtures() -> Vec<Fixture> {
@@ -33,12 +36,18 @@ pub fn load_fixtures() -> Vec<Fixture> {
             .join("sources.json")
             .exists()
             .then(|| serde_json::from_value(read("sources.json")).unwrap());
+        let pull_secrets = dir
+            .join("pull-secrets.json")
+            .exists()
+            .then(|| serde_json::from_value(read("pull-secrets.json")).unwrap())
+            .unwrap_or_default();
         all.push(Fixture {
             name: dir.file_name().unwrap().to_string_lossy().into_owned(),
             review: read("review.json"),
             expected: read("expected.json"),
             config: config.exists().then_some(config),
             sources,
+            pull_secrets,
         });
     }
     all.sort_by(|a, b| a.name.cmp(&b.name));
