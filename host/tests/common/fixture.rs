@@ -36,11 +36,10 @@ pub fn load_fixtures() -> Vec<Fixture> {
             .join("sources.json")
             .exists()
             .then(|| serde_json::from_value(read("sources.json")).unwrap());
-        let pull_secrets = dir
-            .join("pull-secrets.json")
-            .exists()
-            .then(|| serde_json::from_value(read("pull-secrets.json")).unwrap())
-            .unwrap_or_default();
+        let pull_secrets = match dir.join("pull-secrets.json").exists() {
+            true => serde_json::from_value(read("pull-secrets.json")).unwrap(),
+            false => Vec::new(),
+        };
         all.push(Fixture {
             name: dir.file_name().unwrap().to_string_lossy().into_owned(),
             review: read("review.json"),
