@@ -25,6 +25,9 @@ use secrets_webhook::secrets::scope::{Scope, k8s_secret_name, mirror_name};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+/// What a replica logs when it leaves a source change to the elected one.
+const LEFT: &str = "not elected: the elected replica follows this source";
+
 /// Flyte 2's source namespace (`k8sConfig.namespace`) and a task namespace.
 const SOURCE: &str = "flyte";
 const TASKS: &str = "flytesnacks-development";
@@ -278,21 +281,24 @@ impl Flyte2 {
         api.get_opt(&mirror_name(id)).await.unwrap()
     }
 
+    /// What the mirror of `id` holds, if there is one.
+    async fn mirror_value(&self, id: &str) -> Option<String> {
+        let secret = self.mirror(id).await?;
+        let value = secret.data?.get("value")?.0.clone();
+        Some(String::from_utf8_lossy(&value).into_owned())
+    }
+
     /// Waits until the mirror of `id` holds `value` (`None`: until it is gone).
     async fn wait_for_mirror(&self, id: &str, value: Option<&str>) -> Duration {
         let started = Instant::now();
         loop {
-            let held = self
-                .mirror(id)
-                .await
-                .and_then(|secret| secret.data?.get("value").map(|v| v.0.clone()));
-            if held.as_deref() == value.map(str::as_bytes) {
+            let held = self.mirror_value(id).await;
+            if held.as_deref() == value {
                 return started.elapsed();
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "mirror of {id} holds {:?}, not {value:?}\n{}",
-                held.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                "mirror of {id} holds {held:?}, not {value:?}\n{}",
                 self.replica.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -515,18 +521,60 @@ async fn only_the_elected_replica_follows_sources() {
 
     flyte.set_source(&id, Some("second")).await;
     flyte.wait_for_mirror(&id, Some("second")).await;
-    second
-        .wait_for_log("not elected: the elected replica follows this source")
-        .await;
+    second.wait_for_log(LEFT, Duration::from_secs(10)).await;
     flyte
         .replica
-        .wait_for_log("mirrors follow their source")
+        .wait_for_log("mirrors follow their source", Duration::from_secs(10))
         .await;
     assert!(
         !second.log().contains("mirrors follow their source"),
         "{}",
         second.log()
     );
+}
+
+/// A change the elected replica saw but never followed (it froze) is followed by the replica
+/// elected next, which had left it to the frozen one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_elected_replica_follows_what_it_left() {
+    let Some(flyte) = Flyte2::start("the_next_elected_replica_follows_what_it_left").await else {
+        return;
+    };
+    let id = scope().cascade()[2].secret_id("db");
+    flyte.set_source(&id, Some("first")).await;
+    wait_until_injecting(&flyte).await;
+    let second = Replica::start_with_env(
+        flyte.api.dir(),
+        &flyte.kubeconfig,
+        &flyte.url,
+        "second",
+        &["--config", flyte.config.to_str().unwrap()],
+        &[("RUST_LOG", "info,secrets_webhook::secrets::embedded=debug")],
+    )
+    .await;
+    second.wait_ready().await;
+    flyte
+        .create_pod("task", scope_labels(), requests(&["db"]), false)
+        .await
+        .unwrap();
+    flyte.wait_for_mirror(&id, Some("first")).await;
+
+    // The elected replica keeps its Lease, frozen, until the Lease runs out.
+    flyte.replica.freeze();
+    flyte.set_source(&id, Some("second")).await;
+    second.wait_for_log(LEFT, Duration::from_secs(10)).await;
+    assert_eq!(
+        flyte.mirror_value(&id).await.as_deref(),
+        Some("first"),
+        "no one followed the change yet"
+    );
+    second
+        .wait_for_log(
+            "elected: following the source changes left to the previous leader",
+            Duration::from_secs(60),
+        )
+        .await;
+    flyte.wait_for_mirror(&id, Some("second")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

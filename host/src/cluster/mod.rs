@@ -49,6 +49,11 @@ impl Leadership {
     pub fn leads(&self) -> bool {
         *self.0.borrow()
     }
+
+    /// Tells of every change of leadership from now on.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
 }
 
 /// What `serve` runs in a cluster.

@@ -263,51 +263,109 @@ impl Embedded {
 ///
 /// Every replica sees the K8s store's watch, so only the elected one follows what it reports
 /// (else each change costs a patch per namespace per replica). An invalidation reaches only the
-/// replica the Service picked: that one follows it, elected or not.
+/// replicas it is posted to: each follows it, elected or not. A replica elected follows again
+/// what it left to the previous one lately: that one may have gone before following it.
 async fn follow_sources(
     client: kube::Client,
     embedded: Arc<Embedded>,
     mut changes: mpsc::UnboundedReceiver<SourceChange>,
     leadership: Leadership,
 ) {
-    while let Some(change) = changes.recv().await {
-        if !change.refetch && !leadership.leads() {
-            tracing::debug!(
-                id = change.id,
-                "not elected: the elected replica follows this source"
-            );
-            continue;
-        }
-        let value = match change.refetch {
-            false => change.value,
-            true => match embedded.store.get(&change.id).await {
-                Ok(value) => value,
-                Err(err) => {
-                    tracing::warn!(
+    let mut elections = leadership.subscribe();
+    let mut left = LeftToLeader::default();
+    loop {
+        tokio::select! {
+            change = changes.recv() => {
+                let Some(change) = change else { return };
+                if !change.refetch && !leadership.leads() {
+                    tracing::debug!(
                         id = change.id,
-                        error = format!("{err:#}"),
-                        "reading an invalidated secret"
+                        "not elected: the elected replica follows this source"
                     );
+                    left.note(change.id);
                     continue;
                 }
-            },
-        };
-        let names: Vec<String> = embedded
-            .namespaces
-            .state()
-            .iter()
-            .filter_map(|namespace| namespace.metadata.name.clone())
-            .collect();
-        match mirror::follow_source(&client, &names, &change.id, value.as_deref()).await {
-            Ok(0) => {}
-            Ok(changed) => tracing::info!(id = change.id, changed, "mirrors follow their source"),
+                follow_source(&client, &embedded, change).await;
+            }
+            Ok(()) = elections.changed() => {
+                let elected = *elections.borrow_and_update();
+                let ids = if elected { left.take() } else { Default::default() };
+                if !ids.is_empty() {
+                    tracing::info!(
+                        sources = ids.len(),
+                        "elected: following the source changes left to the previous leader"
+                    );
+                }
+                for id in ids {
+                    let change = SourceChange { id, value: None, refetch: true };
+                    follow_source(&client, &embedded, change).await;
+                }
+            }
+        }
+    }
+}
+
+/// The source ids a replica left to the elected one in the last [`LeftToLeader::WINDOW`]: a
+/// leader that goes keeps its Lease for up to 20 s, and what it saw in its last moments may not
+/// have been followed.
+#[derive(Default)]
+struct LeftToLeader(std::collections::VecDeque<(Instant, String)>);
+
+impl LeftToLeader {
+    const WINDOW: Duration = Duration::from_secs(120);
+
+    fn note(&mut self, id: String) {
+        while self
+            .0
+            .front()
+            .is_some_and(|(seen, _)| seen.elapsed() >= Self::WINDOW)
+        {
+            self.0.pop_front();
+        }
+        self.0.push_back((Instant::now(), id));
+    }
+
+    /// The ids left within the window, each once.
+    fn take(&mut self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .filter(|(seen, _)| seen.elapsed() < Self::WINDOW)
+            .map(|(_, id)| id)
+            .collect()
+    }
+}
+
+/// Brings one source's mirrors in line with its value, read again when the change asks.
+async fn follow_source(client: &kube::Client, embedded: &Embedded, change: SourceChange) {
+    let value = match change.refetch {
+        false => change.value,
+        true => match embedded.store.get(&change.id).await {
+            Ok(value) => value,
             Err(err) => {
                 tracing::warn!(
                     id = change.id,
                     error = format!("{err:#}"),
-                    "following a source"
-                )
+                    "reading a source again"
+                );
+                return;
             }
+        },
+    };
+    let names: Vec<String> = embedded
+        .namespaces
+        .state()
+        .iter()
+        .filter_map(|namespace| namespace.metadata.name.clone())
+        .collect();
+    match mirror::follow_source(client, &names, &change.id, value.as_deref()).await {
+        Ok(0) => {}
+        Ok(changed) => tracing::info!(id = change.id, changed, "mirrors follow their source"),
+        Err(err) => {
+            tracing::warn!(
+                id = change.id,
+                error = format!("{err:#}"),
+                "following a source"
+            )
         }
     }
 }

@@ -204,8 +204,8 @@ impl Replica {
 
     /// Waits until the log holds `line`: a replica logs what it did after doing it, so a
     /// test that saw the effect can still be ahead of the line.
-    pub async fn wait_for_log(&self, line: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    pub async fn wait_for_log(&self, line: &str, within: Duration) {
+        let deadline = Instant::now() + within;
         while !self.log().contains(line) {
             assert!(
                 Instant::now() < deadline,
@@ -215,6 +215,16 @@ impl Replica {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// SIGSTOP: the process neither serves nor renews its Lease, as a replica on a node that
+    /// froze or lost its network; it is killed when dropped.
+    pub fn freeze(&self) {
+        let status = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// SIGTERM, as the kubelet stops a pod, and waits for the process to end.
