@@ -492,17 +492,13 @@ async fn image_pull_secrets_through_the_api_server() {
     assert_eq!(pod.spec.unwrap().image_pull_secrets, None);
 }
 
-/// With two replicas, a changed source is followed by the elected one only: each following
-/// replica would patch every namespace's mirror.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_elected_replica_follows_sources() {
-    let Some(flyte) = Flyte2::start("only_the_elected_replica_follows_sources").await else {
-        return;
-    };
+/// Two replicas, the first elected (it registered the webhook), and a pod whose mirror of
+/// source `id` holds "first". The second logs at debug level what it leaves to the elected one.
+async fn two_replicas(test: &str) -> Option<(Flyte2, Replica, String)> {
+    let flyte = Flyte2::start(test).await?;
     let id = scope().cascade()[2].secret_id("db");
     flyte.set_source(&id, Some("first")).await;
     wait_until_injecting(&flyte).await;
-    // Joins after the first replica was elected (it registered the webhook).
     let second = Replica::start_with_env(
         flyte.api.dir(),
         &flyte.kubeconfig,
@@ -518,6 +514,17 @@ async fn only_the_elected_replica_follows_sources() {
         .await
         .unwrap();
     flyte.wait_for_mirror(&id, Some("first")).await;
+    Some((flyte, second, id))
+}
+
+/// With two replicas, a changed source is followed by the elected one only: each following
+/// replica would patch every namespace's mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_elected_replica_follows_sources() {
+    let Some((flyte, second, id)) = two_replicas("only_the_elected_replica_follows_sources").await
+    else {
+        return;
+    };
 
     flyte.set_source(&id, Some("second")).await;
     flyte.wait_for_mirror(&id, Some("second")).await;
@@ -537,27 +544,11 @@ async fn only_the_elected_replica_follows_sources() {
 /// elected next, which had left it to the frozen one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_elected_replica_follows_what_it_left() {
-    let Some(flyte) = Flyte2::start("the_next_elected_replica_follows_what_it_left").await else {
+    let Some((flyte, second, id)) =
+        two_replicas("the_next_elected_replica_follows_what_it_left").await
+    else {
         return;
     };
-    let id = scope().cascade()[2].secret_id("db");
-    flyte.set_source(&id, Some("first")).await;
-    wait_until_injecting(&flyte).await;
-    let second = Replica::start_with_env(
-        flyte.api.dir(),
-        &flyte.kubeconfig,
-        &flyte.url,
-        "second",
-        &["--config", flyte.config.to_str().unwrap()],
-        &[("RUST_LOG", "info,secrets_webhook::secrets::embedded=debug")],
-    )
-    .await;
-    second.wait_ready().await;
-    flyte
-        .create_pod("task", scope_labels(), requests(&["db"]), false)
-        .await
-        .unwrap();
-    flyte.wait_for_mirror(&id, Some("first")).await;
 
     // The elected replica keeps its Lease, frozen, until the Lease runs out.
     flyte.replica.freeze();
