@@ -126,7 +126,14 @@ pub fn admission_review(data: &[u8]) {
     check_patch(&mutator.settings, &label, pod, &patch, &mutated);
 }
 
-/// Every manager alone, ordered lists, another env prefix.
+/// `/spec/containers/<n>/env/<m>` or `/spec/initContainers/<n>/env/<m>`.
+fn is_env_entry(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    matches!(parts.as_slice(), ["", "spec", "containers" | "initContainers", n, "env", m]
+        if n.parse::<usize>().is_ok() && m.parse::<usize>().is_ok())
+}
+
+/// Every manager alone, ordered lists, another env prefix, Flyte 2's Global placement.
 pub const SETTINGS: &[&str] = &[
     "",
     r#"{"secretManagerType": "Global"}"#,
@@ -140,6 +147,7 @@ pub const SETTINGS: &[&str] = &[
     r#"{"secretManagerTypes": ["AWS", "GCP"]}"#,
     r#"{"secretManagerTypes": ["AWS", "K8s"]}"#,
     r#"{"secretManagerTypes": ["Azure", "GCP", "AWS", "Vault", "K8s"]}"#,
+    r#"{"secretManagerType": "K8s", "globalSecretsStyle": "Flyte2"}"#,
 ];
 
 /// The pod annotation that picks the settings: their JSON, as the host hands them to the policy.
@@ -228,17 +236,32 @@ pub fn check_decision(settings: &Settings, label: &str, pod: &Value, pod_json: &
                 "settings {label}: a patch that injects nothing"
             );
             // The patch is recorded while editing; the diff is there for policies built on
-            // `decide`. Both must hold.
-            let ours = serde_json::from_str(&patched.patch).expect("the patch is a JSON Patch");
+            // `decide`. Both must hold (a diff of an env prepended to, as Flyte 2 places
+            // variables, replaces entries instead of inserting, so it is held to adds only where
+            // variables are appended).
+            let ours: json_patch::Patch =
+                serde_json::from_str(&patched.patch).expect("the patch is a JSON Patch");
             check_patch(settings, label, pod, &ours, mutated);
             let diff = secrets_policy::mutation::diff(pod, mutated);
-            check_patch(settings, label, pod, &diff, mutated);
+            let prepends = settings.uses_embedded()
+                || settings.global_style == secrets_policy::settings::GlobalStyle::Flyte2;
+            if !prepends {
+                check_patch(settings, label, pod, &diff, mutated);
+            } else {
+                let mut applied = pod.clone();
+                json_patch::patch(&mut applied, &diff.0).expect("the diff applies");
+                assert_eq!(
+                    &applied, mutated,
+                    "settings {label}: the diff does not give the pod"
+                );
+            }
         }
         _ => panic!("decide and mutate_json disagree: {decision:?} vs {outcome:?}"),
     }
 }
 
-/// `patch` only adds, applies to `pod`, gives `mutated`, and the policy leaves `mutated` alone.
+/// `patch` only adds (or moves an env var out of Flyte 2's way), applies to `pod`, gives
+/// `mutated`, and the policy leaves `mutated` alone.
 pub fn check_patch(
     settings: &Settings,
     label: &str,
@@ -246,11 +269,34 @@ pub fn check_patch(
     patch: &json_patch::Patch,
     mutated: &Value,
 ) {
+    // Flyte 2's placement (Embedded, Global in `globalSecretsStyle: Flyte2`) moves a variable of
+    // the same name out of the way: the only removal a patch may hold, and no name is lost.
     for op in &patch.0 {
+        let env_removal = matches!(op, json_patch::PatchOperation::Remove(remove)
+            if is_env_entry(&remove.path.to_string()));
         assert!(
-            matches!(op, json_patch::PatchOperation::Add(_)),
+            matches!(op, json_patch::PatchOperation::Add(_)) || env_removal,
             "settings {label}: the patch does more than add: {op}"
         );
+    }
+    for field in ["initContainers", "containers"] {
+        let before = pod["spec"][field]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (index, container) in before.iter().enumerate() {
+            let names = |container: &Value| -> Vec<Value> {
+                let env = container["env"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                env.iter().map(|var| var["name"].clone()).collect()
+            };
+            let kept = names(&mutated["spec"][field][index]);
+            if let Some(lost) = names(container).iter().find(|name| !kept.contains(name)) {
+                panic!("settings {label}: {field}[{index}] lost env var {lost}");
+            }
+        }
     }
     let mut patched = pod.clone();
     json_patch::patch(&mut patched, &patch.0)

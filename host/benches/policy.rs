@@ -17,7 +17,7 @@ use secrets_webhook::secrets::store::Backend;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use secrets_webhook::admission::Mutator;
 use secrets_webhook::global_secrets::GlobalSecrets;
-use secrets_webhook::policy::{self, Active, Limits, Native, Review, Runtime};
+use secrets_webhook::policy::{self, Active, Limits, Native, Review, Runtime, UserInfo};
 
 fn review(name: &str) -> Review {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,6 +31,15 @@ fn review(name: &str) -> Review {
         operation: "CREATE".into(),
         dry_run: false,
         object: value["request"]["object"].to_string(),
+        creator: executor(),
+    }
+}
+
+/// Flyte's executor, as the API server names it in a review.
+fn executor() -> UserInfo {
+    UserInfo {
+        username: "system:serviceaccount:flyte:flytepropeller".into(),
+        groups: vec!["system:serviceaccounts".into()],
     }
 }
 
@@ -88,6 +97,7 @@ fn embedded_review(fixture: &str) -> (Review, BTreeMap<String, Vec<u8>>) {
         operation: "CREATE".into(),
         dry_run: true,
         object: review["request"]["object"].to_string(),
+        creator: executor(),
     };
     let sources = sources
         .into_iter()
@@ -108,13 +118,14 @@ fn embedded(c: &mut Criterion) {
             "metadata": {"name": review.namespace, "labels": {"organization": "acme"}}
         }))
         .unwrap();
-        let store = Embedded::in_memory(Arc::new(Memory(sources)), vec![namespace]);
         let settings = serde_json::json!({
             "secretManagerTypes": ["Embedded"],
             "secretEnvVarPrefix": "_UNION_",
             "embeddedSecretManagerConfig": {"mode": mode},
         })
         .to_string();
+        let authority = policy::authority(&settings).unwrap();
+        let store = Embedded::in_memory(Arc::new(Memory(sources)), vec![namespace], authority);
         let wasm = Active::new(
             runtime.compile(policy::EMBEDDED).unwrap(),
             &settings,

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::policy::{Injection, Outcome, PolicyFailure, Review};
+use crate::policy::{Injection, Outcome, PolicyFailure, Review, UserInfo};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
@@ -61,6 +61,18 @@ struct RequestIn<'a> {
     dry_run: bool,
     #[serde(borrow)]
     object: Option<&'a RawValue>,
+    #[serde(default)]
+    user_info: UserInfoIn,
+}
+
+/// Who asked the API server for the request: the Embedded manager's scope authority may honour
+/// a pod's labels only for some creators.
+#[derive(Deserialize, Default)]
+struct UserInfoIn {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +186,10 @@ pub async fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Re
         operation: request.operation.clone(),
         dry_run: request.dry_run,
         object: object.get().to_owned(),
+        creator: UserInfo {
+            username: request.user_info.username.clone(),
+            groups: request.user_info.groups.clone(),
+        },
     };
     let mut reply = match mutator.mutate(&review).await {
         Ok(outcome) => outcome_response(uid, outcome, on_error),

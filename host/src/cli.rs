@@ -459,22 +459,14 @@ async fn embedded(
     let Some(embedded) = &config.embedded else {
         return Ok(None);
     };
-    let settings =
-        secrets_policy::Settings::from_json(&config.settings).map_err(anyhow::Error::msg)?;
-    if !settings
-        .embedded_secret_manager_config
-        .bind_scope_to_namespace
-    {
-        tracing::warn!(
-            "embeddedSecretManagerConfig.bindScopeToNamespace is false: a pod's scope labels are \
-             trusted, so any pod may read any project's secrets by naming its scope"
-        );
-    }
+    let authority = policy::authority(&config.settings)?;
     let client = kube::Client::try_default().await.context(
         "the Embedded manager reads secrets from the cluster: no Kubernetes API server found \
          (in-cluster, KUBECONFIG or ~/.kube/config)",
     )?;
-    Ok(Some(Embedded::start(client, embedded, leadership).await?))
+    Ok(Some(
+        Embedded::start(client, embedded, authority, leadership).await?,
+    ))
 }
 
 /// Whether a Kubernetes API server can be found the usual ways: in-cluster, `KUBECONFIG`, or
@@ -500,6 +492,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         local,
     };
     let config = Config::load(args.policy.config.as_deref(), &overrides)?;
+    for warning in crate::config::warnings(&config.settings, args.client_ca.is_some()) {
+        tracing::warn!("{warning}");
+    }
     if local {
         if certs::ensure_local(&config.cert_dir)? {
             tracing::info!(dir = %config.cert_dir.display(), "made a local CA and a certificate for localhost");
@@ -572,6 +567,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         metrics.clone(),
     );
     reloader.embedded = config.embedded.clone();
+    reloader.client_ca = args.client_ca.is_some();
     tokio::spawn(Arc::new(reloader).run(Duration::from_secs(args.reload_poll_seconds.max(1))));
 
     let mutator: Arc<dyn admission::Mutator> = if args.native_policy {

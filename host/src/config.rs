@@ -105,15 +105,36 @@ struct K8sKeys {
     namespace: Option<String>,
 }
 
-/// Where the Embedded manager's values live (Flyte 2's `embeddedSecretManagerConfig.type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Where the Embedded manager's values live (Flyte 2's `embeddedSecretManagerConfig.type`, in
+/// any case, as Flyte's enum parser reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreType {
     K8s,
-    #[serde(rename = "AWS")]
     Aws,
-    #[serde(rename = "GCP")]
     Gcp,
     Azure,
+}
+
+impl<'de> Deserialize<'de> for StoreType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        let known = [
+            ("K8s", Self::K8s),
+            ("AWS", Self::Aws),
+            ("GCP", Self::Gcp),
+            ("Azure", Self::Azure),
+        ];
+        known
+            .into_iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(&name))
+            .map(|(_, store)| store)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown embeddedSecretManagerConfig.type {name:?}; expected K8s, AWS, GCP \
+                     or Azure"
+                ))
+            })
+    }
 }
 
 /// What the host needs to serve Flyte 2's Embedded manager.
@@ -220,6 +241,35 @@ impl Config {
             },
         })
     }
+}
+
+/// What an operator must hear about settings that are valid but weaken the webhook, at start and
+/// on every reload that puts them in service.
+pub fn warnings(settings: &str, client_ca: bool) -> Vec<&'static str> {
+    let Ok(settings) = secrets_policy::Settings::from_json(settings) else {
+        return Vec::new();
+    };
+    if !settings.uses_embedded() {
+        return Vec::new();
+    }
+    let embedded = &settings.embedded_secret_manager_config;
+    let mut warnings = Vec::new();
+    if !embedded.bind_scope_to_namespace {
+        warnings.push(
+            "embeddedSecretManagerConfig.bindScopeToNamespace is false: a pod's scope labels are \
+             trusted in every namespace, so whoever may create a pod anywhere may read any \
+             project's secrets by naming its scope",
+        );
+    }
+    if embedded.mode == secrets_policy::settings::EmbeddedMode::Plaintext && !client_ca {
+        warnings.push(
+            "embeddedSecretManagerConfig.mode is Plaintext and --client-ca is not set: secret \
+             values travel in AdmissionReview responses, so anything that reaches the webhook's \
+             port can ask for them with a forged review; require the API server's client \
+             certificate (docs/operations.md)",
+        );
+    }
+    warnings
 }
 
 /// The Embedded manager's store, when the settings (as the policy library reads them) use it.
@@ -341,7 +391,7 @@ mod tests {
         std::fs::write(
             &path,
             "webhook:\n  secretManagerType: Embedded\n  cacheInvalidationPort: 0\n  \
-             embeddedSecretManagerConfig:\n    type: AWS\n    k8sConfig:\n      namespace: s\n",
+             embeddedSecretManagerConfig:\n    type: aws\n    k8sConfig:\n      namespace: s\n",
         )
         .unwrap();
         let config = Config::load(Some(&path), &Overrides::default()).unwrap();

@@ -3,10 +3,11 @@
 //! One [`Engine`] compiles components off the request path into a [`Policy`] holding a
 //! pre-instantiated component. Each request gets a fresh [`Store`] (nothing leaks between pods),
 //! capped in memory, with an epoch deadline: a trap, a loop or a memory bomb becomes a
-//! [`PolicyFailure`], never a crash. The policy gets three capabilities: the global-secret
-//! lookup, and for Flyte 2's Embedded manager the secret store and namespace labels; every other
-//! import (the WASI interfaces Rust's std links) traps if called. Mirrors a patch refers to are
-//! written here, after the call and before the answer, only with values the policy looked up.
+//! [`PolicyFailure`], never a crash. The policy imports three interfaces: global secrets, and for
+//! Flyte 2's Embedded manager the secret store (read only for scopes the review's pod may read)
+//! and the cluster (namespace labels, image pull Secrets); every other import (the WASI
+//! interfaces Rust's std links) traps if called. Mirrors a patch refers to are written here, after
+//! the call and before the answer, only with values the policy looked up.
 //!
 //! Calls are async and run on the caller's task: a review costs tens of microseconds, less than
 //! handing it to another thread and back, and a guest that runs long yields to the executor at
@@ -27,7 +28,7 @@ use wasmtime::{
 };
 
 use crate::global_secrets::GlobalSecrets;
-use crate::secrets::embedded::Embedded;
+use crate::secrets::embedded::{Asker, Embedded};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -38,10 +39,12 @@ mod bindings {
     });
 }
 
-pub use bindings::secrets_webhook::policy::types::{Denied, Injection, Outcome, Patched, Review};
+pub use bindings::secrets_webhook::policy::types::{
+    Denied, Injection, Outcome, Patched, Review, UserInfo,
+};
 
 /// The world this host speaks, for messages.
-pub const WORLD: &str = "secrets-webhook:policy/mutation@0.4.0";
+pub const WORLD: &str = "secrets-webhook:policy/mutation@0.5.0";
 /// The interface a policy exports, whose version says which world it was built for.
 const POLICY_INTERFACE: &str = "secrets-webhook:policy/policy@";
 
@@ -279,10 +282,14 @@ pub struct Services {
     pub embedded: Option<Arc<Embedded>>,
 }
 
-/// Per-request state: the memory cap, the services, and what the policy looked up.
+/// Per-request state: the memory cap, the services, the pod asked about, and what the policy
+/// looked up.
 struct GuestState {
     cap: MemoryCap,
     services: Services,
+    /// The review's namespace and creator: the store is read only for what they may read.
+    namespace: String,
+    creator: UserInfo,
     /// Values the policy was given, by secret id: the only ones it may have mirrored.
     looked_up: Lookups,
 }
@@ -309,18 +316,26 @@ impl Lookups {
     }
 
     /// The image pull Secrets `outcome` asks to copy, unless it names one the host never said
-    /// exists.
+    /// exists, or one that is not the pull Secret of a secret it read (whose scope the pod may
+    /// read, or the host would not have read it).
     fn pull_secrets(&self, outcome: &Outcome) -> Result<Vec<String>, String> {
         let Outcome::Patched(patched) = outcome else {
             return Ok(Vec::new());
         };
+        let read: std::collections::HashSet<String> = self
+            .0
+            .keys()
+            .filter_map(|id| crate::secrets::scope::parse_secret_id(id))
+            .map(|(scope, key)| secrets_policy::scope::pull_secret_name(&scope, &key))
+            .collect();
         let unasked = patched
             .pull_secrets
             .iter()
-            .find(|name| !self.1.contains(*name));
+            .find(|name| !self.1.contains(*name) || !read.contains(*name));
         match unasked {
             Some(name) => Err(format!(
-                "asks to copy image pull Secret {name:?}, which it did not look up"
+                "asks to copy image pull Secret {name:?}, which it did not look up for a secret \
+                 it read"
             )),
             None => Ok(patched.pull_secrets.clone()),
         }
@@ -431,7 +446,11 @@ impl bindings::secrets_webhook::policy::secret_store::Host for GuestState {
         let Some(embedded) = self.services.embedded.clone() else {
             return Err("this host has no secret store for the Embedded manager".to_owned());
         };
-        let value = embedded.lookup(&secret_id).await;
+        let asker = Asker {
+            namespace: &self.namespace,
+            creator: creator(&self.creator),
+        };
+        let value = embedded.lookup(&asker, &secret_id).await;
         self.looked_up.record(&secret_id, &value);
         value
     }
@@ -478,7 +497,7 @@ impl Policy {
         self.digest[..12].to_owned()
     }
 
-    fn store(&self, services: Services) -> Store<GuestState> {
+    fn store(&self, services: Services, review: Option<&Review>) -> Store<GuestState> {
         let limits = self.runtime.limits;
         let state = GuestState {
             cap: MemoryCap {
@@ -486,6 +505,11 @@ impl Policy {
                 hit: false,
             },
             services,
+            namespace: review.map(|r| r.namespace.clone()).unwrap_or_default(),
+            creator: review.map(|r| r.creator.clone()).unwrap_or(UserInfo {
+                username: String::new(),
+                groups: Vec::new(),
+            }),
             looked_up: Lookups::default(),
         };
         let mut store = Store::new(&self.runtime.engine, state);
@@ -509,7 +533,7 @@ impl Policy {
     /// Checks settings with the policy's own `validate-settings`. Off the request path: waits on
     /// this thread.
     pub fn validate_settings(&self, settings: &str) -> Result<()> {
-        let mut store = self.store(Services::default());
+        let mut store = self.store(Services::default(), None);
         let result = block_on(async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -534,7 +558,7 @@ impl Policy {
         review: &Review,
         services: Services,
     ) -> Result<Outcome, PolicyFailure> {
-        let mut store = self.store(services);
+        let mut store = self.store(services, Some(review));
         let called = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -610,6 +634,18 @@ pub fn probe_review() -> Review {
         operation: "CREATE".to_owned(),
         dry_run: true,
         object: PROBE_POD.to_owned(),
+        creator: UserInfo {
+            username: "secrets-webhook-probe".to_owned(),
+            groups: Vec::new(),
+        },
+    }
+}
+
+/// A review's creator as the policy library names it.
+pub fn creator(user: &UserInfo) -> secrets_policy::authority::Creator<'_> {
+    secrets_policy::authority::Creator {
+        username: &user.username,
+        groups: &user.groups,
     }
 }
 
@@ -661,12 +697,20 @@ impl Active {
     }
 
     /// Swaps in `policy` with `settings` if it passes [`admit`]; otherwise nothing changes.
+    /// The Embedded manager's scope authority follows the new settings.
     pub fn replace(&self, policy: Arc<Policy>, settings: &str) -> Result<()> {
         admit(&policy, settings)?;
+        let authority = match &self.embedded {
+            Some(_) => Some(authority(settings)?),
+            None => None,
+        };
         self.serving.store(Arc::new(Serving {
             policy,
             settings: settings.into(),
         }));
+        if let (Some(embedded), Some(authority)) = (&self.embedded, authority) {
+            embedded.set_authority(authority);
+        }
         Ok(())
     }
 
@@ -674,6 +718,13 @@ impl Active {
     pub fn set_globals(&self, globals: GlobalSecrets) {
         self.globals.store(Arc::new(globals));
     }
+}
+
+/// The scope authority `settings` describe, as the policy library reads them: the host holds
+/// every store read and mirror to it, whatever the policy in service.
+pub fn authority(settings: &str) -> Result<secrets_policy::authority::Authority> {
+    let settings = secrets_policy::Settings::from_json(settings).map_err(anyhow::Error::msg)?;
+    Ok(settings.embedded_secret_manager_config.authority())
 }
 
 /// The checks a policy passes before it serves: settings accepted, probe answered. Off the request
@@ -741,6 +792,7 @@ impl Native {
 /// The services as the library asks for them, recording lookups as the component's imports do.
 struct NativeHost<'a> {
     services: &'a Services,
+    asker: Asker<'a>,
     looked_up: std::cell::RefCell<Lookups>,
 }
 
@@ -756,7 +808,7 @@ impl secrets_policy::SecretStore for NativeHost<'_> {
             return Err("this host has no secret store for the Embedded manager".to_owned());
         };
         // The K8s store answers from memory, so this does not wait; benchmarks only.
-        let value = block_on(embedded.lookup(id));
+        let value = block_on(embedded.lookup(&self.asker, id));
         self.looked_up.borrow_mut().record(id, &value);
         value
     }
@@ -784,10 +836,15 @@ impl crate::admission::Mutator for Native {
     fn mutate<'a>(&'a self, review: &'a Review) -> crate::admission::Mutation<'a> {
         let host = NativeHost {
             services: &self.services,
+            asker: Asker {
+                namespace: &review.namespace,
+                creator: creator(&review.creator),
+            },
             looked_up: Default::default(),
         };
         let admission = secrets_policy::Admission {
             namespace: &review.namespace,
+            creator: creator(&review.creator),
         };
         let library = secrets_policy::Host {
             globals: &host,

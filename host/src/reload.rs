@@ -27,6 +27,8 @@ pub struct Reloader {
     rejected: Mutex<Option<(String, String)>>,
     /// The Embedded manager's store as started: it is not swapped at runtime.
     pub embedded: Option<crate::config::EmbeddedConfig>,
+    /// Whether clients must present a certificate (`--client-ca`), for the settings' warnings.
+    pub client_ca: bool,
 }
 
 /// What one reload attempt did.
@@ -54,6 +56,7 @@ impl Reloader {
             metrics,
             rejected: Mutex::new(None),
             embedded: None,
+            client_ca: false,
         }
     }
 
@@ -92,6 +95,9 @@ impl Reloader {
         };
         match candidate.and_then(|policy| self.active.replace(policy, &settings)) {
             Ok(()) => {
+                for warning in crate::config::warnings(&settings, self.client_ca) {
+                    tracing::warn!("{warning}");
+                }
                 *rejected = None;
                 Ok(Reloaded::Swapped { digest })
             }

@@ -132,7 +132,7 @@ async fn pods_that_are_not_pods_are_denied_not_crashed_on() {
     assert!(message(&response).contains("malformed pod"), "{response}");
 
     let bomb_outside_object = format!(
-        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","userInfo":{deep}}}}}"#
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","options":{deep}}}}}"#
     );
     // Fields we do not read are skipped without recursion: no stack overflow, and a request
     // that is not a Pod CREATE passes unchanged.

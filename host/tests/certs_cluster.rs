@@ -45,7 +45,9 @@ impl Cluster {
         install_rbac(
             &api.client(),
             &[
+                "deploy/base/serviceaccount.yaml",
                 "deploy/base/rbac.yaml",
+                "deploy/base/identity-policy.yaml",
                 "deploy/components/init-certs/rbac.yaml",
             ],
         )

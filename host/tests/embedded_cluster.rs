@@ -1,4 +1,5 @@
-//! Flyte 2's Embedded manager against a real kube-apiserver + etcd (envtest).
+//! Flyte 2's Embedded manager against a real kube-apiserver + etcd (envtest). The scope
+//! authority against tenants and a stolen token is in [`trust`].
 //!
 //! - Every Embedded fixture (`fixtures/` folders with a `sources.json`) through a `serve`
 //!   process over TLS, its sources written as Flyte 2's secret service writes them: Plaintext
@@ -7,6 +8,8 @@
 //!   mirror-only ValidatingAdmissionPolicy, and pods are created through the API server.
 
 mod common;
+#[path = "embedded_cluster/trust.rs"]
+mod trust;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,9 +60,31 @@ async fn write_sources(client: &kube::Client, namespace: &str, sources: &BTreeMa
     }
 }
 
+/// Deletes every Secret in `namespace`.
+async fn clear_secrets(client: &kube::Client, namespace: &str) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .unwrap();
+}
+
 /// The fixture's pull Secrets the expected pod lists are copied into the task namespace (same
-/// type and data, their labels and the mirror label); the others are not.
+/// type and data, their labels and the mirror label); the others are not. A pod in the source
+/// namespace refers to the sources themselves: they stay as they were.
 async fn check_pull_copies(client: &kube::Client, fixture: &Fixture) -> Result<(), String> {
+    if fixture.review["request"]["namespace"] == SOURCE {
+        let sources: Api<Secret> = Api::namespaced(client.clone(), SOURCE);
+        for pull in &fixture.pull_secrets {
+            let name = pull.metadata.name.as_deref().unwrap();
+            let now = sources.get(name).await.map_err(|err| err.to_string())?;
+            if (&now.metadata.labels, &now.type_, &now.data)
+                != (&pull.metadata.labels, &pull.type_, &pull.data)
+            {
+                return Err(format!("source pull Secret {name} was written"));
+            }
+        }
+        return Ok(());
+    }
     let listed = &fixture.expected["pod"]["spec"]["imagePullSecrets"];
     let listed: Vec<&str> = listed
         .as_array()
@@ -123,14 +148,25 @@ async fn embedded_fixtures_through_the_server() {
         return;
     };
     let client = api.client();
-    // The fixtures' pods are in TASKS; the namespace names its organization.
+    // The fixtures' pods are in TASKS, whose namespace names its organization, or in Flyte 2's
+    // one namespace, which is also their source.
     api.create_namespace(TASKS, &[("organization", "acme")])
         .await;
+    api.create_namespace(SOURCE, &[]).await;
     let mut failures = Vec::new();
     for (index, fixture) in fixtures.iter().enumerate() {
         // A source namespace per fixture: each sees exactly its own sources.
-        let source = format!("source-{index}");
-        api.create_namespace(&source, &[]).await;
+        let source = match fixture.review["request"]["namespace"].as_str() {
+            Some(SOURCE) => {
+                clear_secrets(&client, SOURCE).await;
+                SOURCE.to_owned()
+            }
+            _ => {
+                let source = format!("source-{index}");
+                api.create_namespace(&source, &[]).await;
+                source
+            }
+        };
         write_sources(&client, &source, fixture.sources.as_ref().unwrap()).await;
         let sources: Api<Secret> = Api::namespaced(client.clone(), &source);
         for pull in &fixture.pull_secrets {
@@ -198,6 +234,20 @@ impl Flyte2 {
 
     /// `edit` is a replacement in deploy/'s config (from, to); it must apply.
     async fn start_with(test: &str, edit: (&str, &str)) -> Option<Flyte2> {
+        let config = common::workspace().join("deploy/components/embedded/config.yaml");
+        let text = std::fs::read_to_string(config)
+            .unwrap()
+            .replace("cacheInvalidationPort: 9444", "cacheInvalidationPort: 0");
+        assert!(
+            text.contains(edit.0),
+            "deploy/'s config has no {:?}",
+            edit.0
+        );
+        Self::start_config(test, &text.replace(edit.0, edit.1)).await
+    }
+
+    /// Flyte2 with the configuration file `text`.
+    async fn start_config(test: &str, text: &str) -> Option<Flyte2> {
         let api = ApiServer::start(test).await?;
         api.create_namespace(NAMESPACE, &[]).await;
         api.create_namespace(SOURCE, &[]).await;
@@ -207,7 +257,9 @@ impl Flyte2 {
         install_rbac(
             &client,
             &[
+                "deploy/base/serviceaccount.yaml",
                 "deploy/base/rbac.yaml",
+                "deploy/base/identity-policy.yaml",
                 "deploy/components/embedded/rbac.yaml",
                 "deploy/components/embedded/mirror-policy.yaml",
             ],
@@ -221,16 +273,6 @@ impl Flyte2 {
         );
         let backends = Arc::new(std::sync::Mutex::new(Vec::new()));
         tokio::spawn(balance(listener, backends.clone()));
-        let config = common::workspace().join("deploy/components/embedded/config.yaml");
-        let text = std::fs::read_to_string(config)
-            .unwrap()
-            .replace("cacheInvalidationPort: 9444", "cacheInvalidationPort: 0");
-        assert!(
-            text.contains(edit.0),
-            "deploy/'s config has no {:?}",
-            edit.0
-        );
-        let text = text.replace(edit.0, edit.1);
         let config = api.dir().join("embedded.yaml");
         std::fs::write(&config, text).unwrap();
         let replica = Replica::start(
@@ -313,24 +355,47 @@ impl Flyte2 {
         annotations: Value,
         dry_run: bool,
     ) -> Result<Pod, String> {
-        let mut all_labels = json!({"inject-flyte-secrets": "true"});
-        for (key, value) in labels.as_object().unwrap() {
-            all_labels[key] = value.clone();
-        }
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": all_labels, "annotations": annotations},
-            "spec": {"containers": [{"name": "main", "image": "python:3.12"}]}
-        }))
-        .unwrap();
-        let pods: Api<Pod> = Api::namespaced(self.client(), TASKS);
-        let params = PostParams {
-            dry_run,
-            ..PostParams::default()
-        };
-        pods.create(&params, &pod)
-            .await
-            .map_err(|err| err.to_string())
+        let pods = Api::namespaced(self.client(), TASKS);
+        create_task_pod(&pods, name, labels, annotations, dry_run).await
     }
+}
+
+/// Creates a task pod through `pods` asking for `annotations`' secrets, with `labels`.
+async fn create_task_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    labels: Value,
+    annotations: Value,
+    dry_run: bool,
+) -> Result<Pod, String> {
+    let mut all_labels = json!({"inject-flyte-secrets": "true"});
+    for (key, value) in labels.as_object().unwrap() {
+        all_labels[key] = value.clone();
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": all_labels, "annotations": annotations},
+        "spec": {"containers": [{"name": "main", "image": "python:3.12"}]}
+    }))
+    .unwrap();
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    pods.create(&params, &pod)
+        .await
+        .map_err(|err| err.to_string())
+}
+
+/// A client acting as `user` (impersonated by the admin: RBAC and admission see `user`).
+async fn client_as(api: &ApiServer, user: &str) -> kube::Client {
+    let kubeconfig = impersonating(api, user);
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
 }
 
 fn scope() -> Scope {
@@ -706,14 +771,7 @@ async fn mirror_mode_through_the_api_server() {
     );
 
     // The mirror policy holds: as the webhook, a Secret that is not a mirror cannot be changed.
-    let as_webhook = impersonating(&flyte.api, SERVICE_ACCOUNT);
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&as_webhook).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    let webhook = kube::Client::try_from(config).unwrap();
+    let webhook = client_as(&flyte.api, SERVICE_ACCOUNT).await;
     let admin: Api<Secret> = Api::namespaced(flyte.client(), TASKS);
     let theirs = Secret {
         metadata: ObjectMeta {

@@ -458,3 +458,83 @@ async fn swapping_under_load_loses_no_request() {
             .contains("secrets_webhook_policy_reloads_total{result=\"swapped\"} 1")
     );
 }
+
+/// The host reads the Embedded store only for scopes the review's pod may read, whatever the
+/// policy asks: a policy that reads another project's secret (to hand its value out, as a
+/// Plaintext policy would) gets a refusal naming the rule, never the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reads_no_scope_its_pod_may_not() {
+    use futures::future::BoxFuture;
+    use k8s_openapi::api::core::v1::Namespace;
+    use secrets_webhook::secrets::embedded::Embedded;
+    use secrets_webhook::secrets::store::Backend;
+
+    struct Values;
+    impl Backend for Values {
+        fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
+            let payroll = "u__org__acme__domain__development__project__payroll__key__db";
+            Box::pin(async move { Ok((id == payroll).then(|| b"payroll's password".to_vec())) })
+        }
+    }
+    let namespace = |name: &str| -> Namespace {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"organization": "acme"}}}),
+        )
+        .unwrap()
+    };
+    // The hostile policy reads its behaviour from the settings text as the host serialises it.
+    let settings = r#"{"hostile":"other-scope","secretManagerTypes":["Embedded"]}"#;
+    let namespaces = vec![
+        namespace("flytesnacks-development"),
+        namespace("payroll-development"),
+    ];
+    let embedded = Embedded::in_memory(
+        Arc::new(Values),
+        namespaces,
+        policy::authority(settings).unwrap(),
+    );
+    let runtime = Runtime::new(Limits::default()).unwrap();
+    let hostile = runtime.compile(&test_policy("hostile.wasm")).unwrap();
+    let services = policy::Services {
+        globals: Arc::default(),
+        embedded: Some(embedded),
+    };
+    let review = |namespace: &str| policy::Review {
+        uid: format!("in-{namespace}"),
+        namespace: namespace.to_owned(),
+        operation: "CREATE".to_owned(),
+        dry_run: true,
+        object: common::labelled_pod().to_string(),
+        creator: policy::UserInfo {
+            username: "alice".to_owned(),
+            groups: vec!["system:authenticated".to_owned()],
+        },
+    };
+    // Payroll's own namespace may read it: the policy does read it there.
+    let own = hostile
+        .mutate(settings, &review("payroll-development"), services.clone())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&own, policy::Outcome::Unchanged(warnings)
+            if warnings.iter().any(|w| w.contains("payroll's password"))),
+        "{own:?}"
+    );
+    // Another project's namespace may not, and its answer holds no value.
+    let other = hostile
+        .mutate(settings, &review("flytesnacks-development"), services)
+        .await
+        .unwrap();
+    let policy::Outcome::Denied(denied) = &other else {
+        panic!("{other:?}");
+    };
+    assert!(
+        denied.message.contains("not read for this pod")
+            && denied
+                .message
+                .contains("namespace \"flytesnacks-development\" grants no scope"),
+        "{}",
+        denied.message
+    );
+    assert!(!format!("{other:?}").contains("password"));
+}

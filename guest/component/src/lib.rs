@@ -2,6 +2,7 @@
 //! Only translation lives here; every decision is the library's.
 #![cfg(target_arch = "wasm32")]
 
+use secrets_policy::authority::Creator;
 use secrets_policy::{Admission, Host, Outcome, Settings};
 
 mod allocator;
@@ -54,6 +55,10 @@ impl Guest for Policy {
         let settings = Settings::from_json(&settings)?;
         let admission = Admission {
             namespace: &review.namespace,
+            creator: Creator {
+                username: &review.creator.username,
+                groups: &review.creator.groups,
+            },
         };
         let host = Host {
             globals: &Imports,

@@ -7,6 +7,7 @@
 //! result into a JSON Patch.
 
 pub mod annotations;
+pub mod authority;
 pub mod inject;
 pub mod mutation;
 pub mod names;

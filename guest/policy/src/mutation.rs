@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::annotations::{self, Request};
+use crate::authority::Creator;
 use crate::inject::{self, Context, GlobalSecrets, Host, Refused};
 use crate::pod::{Pod, view};
 use crate::settings::{ManagerType, Settings};
@@ -60,6 +61,8 @@ pub struct Patched {
 pub struct Admission<'a> {
     /// The namespace the pod is created in; "" to take the pod's own `metadata.namespace`.
     pub namespace: &'a str,
+    /// Who asks the API server to create it (`userInfo`); nobody when unknown.
+    pub creator: Creator<'a>,
 }
 
 /// One secret a patch injects: names only, for metrics and logs.
@@ -156,6 +159,7 @@ fn edit(
         globals: host.globals,
         host,
         namespace: &namespace,
+        creator: admission.creator,
         mirrors: Default::default(),
         pull_secrets: Default::default(),
     };

@@ -1,7 +1,7 @@
 //! Flyte 2's names for a secret: the scope a task runs in (organization, domain, project, from
 //! its pod's labels), the id a key has in each scope of the cascade, and the mirror a resolved id
-//! gets in a task's namespace. Also the check that a pod's scope is the one its namespace stands
-//! for, since whoever creates the pod writes its labels.
+//! gets in a task's namespace. Whether a pod may read the scope its labels name is
+//! [`crate::authority`]'s question.
 
 use sha2::{Digest, Sha256};
 
@@ -24,6 +24,17 @@ impl Scope {
         if let Some(missing) = SCOPE_LABELS.iter().find(|name| label(name).is_none()) {
             return Err(format!(
                 "secret read requirements not met due to empty {missing} field in the pod labels"
+            ));
+        }
+        // Flyte 2's ids separate their parts by `__`: a label holding it would name another
+        // scope's id (organization `a__domain__b`, domain `c` is organization `a`, domain
+        // `b__domain__c`).
+        if let Some(name) = SCOPE_LABELS
+            .iter()
+            .find(|name| label(name).is_some_and(|value| value.contains("__")))
+        {
+            return Err(format!(
+                "the pod's {name} label holds \"__\", which separates the parts of a secret id"
             ));
         }
         let owned = |name: &str| label(name).unwrap_or_default().to_owned();
@@ -110,96 +121,6 @@ pub fn pull_secret_name(scope: &Scope, key: &str) -> String {
     format!("img-pull-{hex}")
 }
 
-/// The placeholders a namespace template may use, and the label each stands for.
-const PLACEHOLDERS: [(&str, &str); 3] = [
-    ("project", "project"),
-    ("domain", "domain"),
-    ("organization", "organization"),
-];
-
-/// Splits a template into literal text and placeholder names.
-fn parts(template: &str) -> Result<Vec<(bool, &str)>, String> {
-    let mut parts = Vec::new();
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        parts.push((false, &rest[..start]));
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("namespaceTemplate {template:?} has an unclosed {{{{"))?;
-        parts.push((true, after[..end].trim()));
-        rest = &after[end + 2..];
-    }
-    parts.push((false, rest));
-    Ok(parts)
-}
-
-/// Checks a namespace template: only known placeholders, and project and domain both used (else
-/// two projects would share a namespace's secrets).
-pub fn check_template(template: &str) -> Result<(), String> {
-    let parts = parts(template)?;
-    let names: Vec<&str> = parts.iter().filter(|(p, _)| *p).map(|(_, n)| *n).collect();
-    if let Some(unknown) = names
-        .iter()
-        .find(|name| !PLACEHOLDERS.iter().any(|(known, _)| known == *name))
-    {
-        return Err(format!(
-            "namespaceTemplate {template:?}: unknown placeholder {{{{ {unknown} }}}}; use \
-             {{{{ project }}}}, {{{{ domain }}}} or {{{{ organization }}}}"
-        ));
-    }
-    for needed in ["project", "domain"] {
-        if !names.contains(&needed) {
-            return Err(format!(
-                "namespaceTemplate {template:?} must use {{{{ {needed} }}}}"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The namespace `template` gives for `scope`.
-pub fn render(template: &str, scope: &Scope) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len() + 32);
-    for (placeholder, text) in parts(template)? {
-        out.push_str(match (placeholder, text) {
-            (false, literal) => literal,
-            (true, "project") => &scope.project,
-            (true, "domain") => &scope.domain,
-            (true, "organization") => &scope.org,
-            (true, other) => return Err(format!("unknown placeholder {other}")),
-        });
-    }
-    Ok(out)
-}
-
-/// Checks that a pod in `namespace`, whose labels name `scope`, may read that scope's secrets:
-/// project and domain must give the namespace through `template`, and the organization must be
-/// the namespace's `organization` label when it has one.
-pub fn check_binding(
-    scope: &Scope,
-    namespace: &str,
-    template: &str,
-    namespace_org: Option<&str>,
-) -> Result<(), String> {
-    let expected = render(template, scope)?;
-    if expected != namespace {
-        return Err(format!(
-            "the pod's labels project={} domain={} belong in namespace {expected:?} \
-             (embeddedSecretManagerConfig.namespaceTemplate {template:?}), not in {namespace:?}",
-            scope.project, scope.domain
-        ));
-    }
-    if let Some(org) = namespace_org.filter(|org| *org != scope.org) {
-        return Err(format!(
-            "the pod's label organization={} does not match namespace {namespace:?}'s label \
-             organization={org}",
-            scope.org
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +179,9 @@ mod tests {
             );
             partial.insert(missing.to_owned(), String::new());
             assert!(scope_of(&partial).unwrap_err().contains(missing));
+            partial.insert(missing.to_owned(), "a__domain__b".to_owned());
+            let err = scope_of(&partial).unwrap_err();
+            assert!(err.contains(missing) && err.contains("separates"), "{err}");
         }
     }
 
@@ -302,45 +226,5 @@ mod tests {
         );
         // SHA-256("abc") begins ba7816bf8f01cfea414140de5dae2223 (FIPS 180-2).
         assert_eq!(id_hash("abc"), "ba7816bf8f01cfea414140de5dae2223");
-    }
-
-    #[test]
-    fn templates_bind_project_and_domain_to_the_namespace() {
-        let template = "{{ project }}-{{ domain }}";
-        check_template(template).unwrap();
-        let scope = Scope {
-            org: "acme".into(),
-            domain: "development".into(),
-            project: "flytesnacks".into(),
-        };
-        check_binding(&scope, "flytesnacks-development", template, None).unwrap();
-        check_binding(&scope, "flytesnacks-development", template, Some("acme")).unwrap();
-        let err = check_binding(&scope, "other-development", template, None).unwrap_err();
-        assert!(
-            err.contains("\"flytesnacks-development\"") && err.contains("\"other-development\""),
-            "{err}"
-        );
-        let err = check_binding(
-            &scope,
-            "flytesnacks-development",
-            template,
-            Some("umbrella"),
-        )
-        .unwrap_err();
-        assert!(
-            err.contains("organization=acme") && err.contains("organization=umbrella"),
-            "{err}"
-        );
-        let tight = "{{organization}}.{{project}}.{{domain}}";
-        check_template(tight).unwrap();
-        check_binding(&scope, "acme.flytesnacks.development", tight, None).unwrap();
-        for (bad, why) in [
-            ("{{ project }}", "must use {{ domain }}"),
-            ("{{ project }}-{{ team }}", "unknown placeholder"),
-            ("{{ project }}-{{ domain", "unclosed"),
-        ] {
-            let err = check_template(bad).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
-        }
     }
 }

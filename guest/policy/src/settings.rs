@@ -160,8 +160,14 @@ pub struct Settings {
     pub secret_manager_type: Option<ManagerType>,
     /// Flyte 2's ordered list; the first manager that injects a secret wins.
     pub secret_manager_types: Option<Vec<ManagerType>>,
-    /// The env var prefix of injected secrets (`_FSEC_`; Flyte 2 uses `_UNION_`).
-    pub secret_env_var_prefix: String,
+    /// The env var prefix of injected secrets as configured; [`Settings::secret_env_var_prefix`]
+    /// is the one in use.
+    #[serde(rename = "secretEnvVarPrefix")]
+    pub configured_env_var_prefix: Option<String>,
+    /// How the Global manager places its env vars, as configured; [`Settings::global_style`] is
+    /// the one in use.
+    #[serde(rename = "globalSecretsStyle")]
+    pub configured_global_style: Option<GlobalStyle>,
     pub vault_secret_manager: VaultSettings,
     #[serde(deserialize_with = "puller_or_default::aws")]
     pub aws_secret_manager: PullerSettings,
@@ -170,6 +176,26 @@ pub struct Settings {
     #[serde(deserialize_with = "puller_or_default::azure")]
     pub azure_secret_manager: PullerSettings,
     pub embedded_secret_manager_config: EmbeddedSettings,
+    /// The env var prefix in use: as configured, else Flyte 2's `_UNION_` when Embedded is
+    /// enabled and Flyte 1's `_FSEC_` otherwise.
+    #[serde(skip)]
+    pub secret_env_var_prefix: String,
+    /// The Global manager's placement in use: as configured, else Flyte 2's when Embedded is
+    /// enabled and Flyte 1's otherwise.
+    #[serde(skip)]
+    pub global_style: GlobalStyle,
+}
+
+/// How the Global manager adds its env vars: the one thing Flyte 1 and Flyte 2 do differently
+/// with the same secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum GlobalStyle {
+    /// Appended; the pod's own variable of the same name wins; `env_var` adds a variable holding
+    /// the value (Flyte 1 ignores it; a task that sets it asked for it).
+    #[default]
+    Flyte1,
+    /// Prepended, replacing the pod's variable of the same name; `env_var` ignored.
+    Flyte2,
 }
 
 /// How the Embedded manager hands a value to the pod.
@@ -218,21 +244,58 @@ pub struct ImagePullSecrets {
     pub enabled: bool,
 }
 
-/// Flyte 2's `embeddedSecretManagerConfig`, plus ours: `mode`, `namespaceTemplate` and
-/// `bindScopeToNamespace`. Where values live (`type`, `k8sConfig`, `awsConfig`…) is the host's
-/// business; the policy only asks it for ids.
+/// Flyte 2's `embeddedSecretManagerConfig`, plus ours: `mode` and the scope authority
+/// (`namespaceTemplate`, `organization`, `flyteNamespaces`, `flyteNamespaceCreators`,
+/// `bindScopeToNamespace`). Which store holds the values (`type`, `awsConfig`…) is the host's
+/// business; the policy only asks it for ids, and reads `k8sConfig.namespace` as Flyte's own
+/// namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EmbeddedSettings {
     pub mode: EmbeddedMode,
-    /// The namespace a pod of project P and domain D must be in: `{{ project }}` and
-    /// `{{ domain }}` (and `{{ organization }}`) are replaced by its labels.
+    /// The namespace of a project's pods when each project has its own (Flyte 1's layout):
+    /// `{{ project }}` and `{{ domain }}` (and `{{ organization }}`) stand for the scope. Empty:
+    /// no namespace is a project's own.
     pub namespace_template: String,
-    /// Off only for clusters whose namespaces follow no template: then any pod may name any
-    /// project's scope in its labels.
+    /// The organization every project namespace belongs to, for clusters of one organization
+    /// whose namespaces carry no `organization` label.
+    pub organization: Option<String>,
+    /// Namespaces where every project's pods run (Flyte 2's layout), whose pods' scope labels
+    /// are honoured; `k8sConfig.namespace` when unset.
+    pub flyte_namespaces: Option<Vec<String>>,
+    /// When set, only pods created by these users or groups have their labels honoured in
+    /// `flyteNamespaces`.
+    pub flyte_namespace_creators: Creators,
+    /// Off only where every pod creator may read every secret: then a pod's labels alone name
+    /// its scope, in any namespace.
     pub bind_scope_to_namespace: bool,
+    pub k8s_config: K8sConfig,
     pub file_mount_init_container: FileMountInitContainer,
     pub image_pull_secrets: ImagePullSecrets,
+}
+
+/// Flyte 2's `k8sConfig`: the namespace its secret service writes to, where every task pod of
+/// Flyte 2 OSS also runs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct K8sConfig {
+    pub namespace: String,
+}
+
+impl Default for K8sConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "flyte".to_owned(),
+        }
+    }
+}
+
+/// Users and groups, as the API server names them in an AdmissionReview's `userInfo`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Creators {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 impl Default for EmbeddedSettings {
@@ -240,12 +303,36 @@ impl Default for EmbeddedSettings {
         Self {
             mode: EmbeddedMode::Mirror,
             namespace_template: "{{ project }}-{{ domain }}".to_owned(),
+            organization: None,
+            flyte_namespaces: None,
+            flyte_namespace_creators: Creators::default(),
             bind_scope_to_namespace: true,
+            k8s_config: K8sConfig::default(),
             file_mount_init_container: FileMountInitContainer::default(),
             image_pull_secrets: ImagePullSecrets::default(),
         }
     }
 }
+
+impl EmbeddedSettings {
+    /// Who may read which scope, as these settings say.
+    pub fn authority(&self) -> crate::authority::Authority {
+        crate::authority::Authority {
+            enforced: self.bind_scope_to_namespace,
+            template: self.namespace_template.clone(),
+            organization: self.organization.clone().filter(|org| !org.is_empty()),
+            flyte_namespaces: self
+                .flyte_namespaces
+                .clone()
+                .unwrap_or_else(|| vec![self.k8s_config.namespace.clone()]),
+            creators: self.flyte_namespace_creators.clone(),
+        }
+    }
+}
+
+/// Flyte 1's env var prefix, and Flyte 2's.
+pub const FLYTE_1_PREFIX: &str = "_FSEC_";
+pub const FLYTE_2_PREFIX: &str = "_UNION_";
 
 pub const AWS_IMAGE: &str = "docker.io/amazon/aws-secrets-manager-secret-sidecar:v0.1.4";
 pub const GCP_IMAGE: &str = "gcr.io/google.com/cloudsdktool/cloud-sdk:alpine";
@@ -291,7 +378,10 @@ impl Default for Settings {
         Self {
             secret_manager_type: None,
             secret_manager_types: None,
-            secret_env_var_prefix: "_FSEC_".to_owned(),
+            configured_env_var_prefix: None,
+            configured_global_style: None,
+            secret_env_var_prefix: FLYTE_1_PREFIX.to_owned(),
+            global_style: GlobalStyle::Flyte1,
             vault_secret_manager: VaultSettings::default(),
             aws_secret_manager: PullerSettings::with_image(AWS_IMAGE),
             gcp_secret_manager: PullerSettings::with_image(GCP_IMAGE),
@@ -304,15 +394,33 @@ impl Default for Settings {
 impl Settings {
     /// Reads and checks settings JSON. `null` or `""` mean all defaults.
     pub fn from_json(json: &str) -> Result<Self, String> {
-        let settings: Self = if json.trim().is_empty() {
+        let mut settings: Self = if json.trim().is_empty() {
             Self::default()
         } else {
             let value: Option<Self> =
                 serde_json::from_str(json).map_err(|err| format!("invalid settings: {err}"))?;
             value.unwrap_or_default()
         };
+        settings.resolve();
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Fills in the defaults that depend on other settings: a configuration that enables
+    /// Embedded is a Flyte 2 one, and gets Flyte 2's prefix and Global placement unless it says
+    /// otherwise.
+    fn resolve(&mut self) {
+        let flyte_2 = self.uses_embedded();
+        self.secret_env_var_prefix = match (&self.configured_env_var_prefix, flyte_2) {
+            (Some(prefix), _) => prefix.clone(),
+            (None, true) => FLYTE_2_PREFIX.to_owned(),
+            (None, false) => FLYTE_1_PREFIX.to_owned(),
+        };
+        self.global_style = match (self.configured_global_style, flyte_2) {
+            (Some(style), _) => style,
+            (None, true) => GlobalStyle::Flyte2,
+            (None, false) => GlobalStyle::Flyte1,
+        };
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -361,8 +469,19 @@ impl Settings {
 
     fn validate_embedded(&self) -> Result<(), String> {
         let embedded = &self.embedded_secret_manager_config;
-        crate::scope::check_template(&embedded.namespace_template)
+        crate::authority::check_template(&embedded.namespace_template)
             .map_err(|err| format!("invalid settings: embeddedSecretManagerConfig.{err}"))?;
+        if embedded
+            .flyte_namespaces
+            .iter()
+            .flatten()
+            .any(|namespace| namespace.is_empty())
+        {
+            return Err(
+                "invalid settings: embeddedSecretManagerConfig.flyteNamespaces has an empty name"
+                    .to_owned(),
+            );
+        }
         let init = &embedded.file_mount_init_container;
         if init.image.trim().is_empty() || init.container_name.trim().is_empty() {
             return Err(

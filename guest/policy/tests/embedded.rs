@@ -64,7 +64,8 @@ impl Memory {
                 .collect(),
             ..Memory::default()
         };
-        memory.namespaces.insert(NAMESPACE.to_owned(), Vec::new());
+        let org = ("organization".to_owned(), "acme".to_owned());
+        memory.namespaces.insert(NAMESPACE.to_owned(), vec![org]);
         memory.pull_secrets = Some(Vec::new());
         memory
     }
@@ -126,6 +127,7 @@ fn scope_labels() -> Value {
 fn run(settings: &Settings, memory: &Memory, pod: &Value) -> Decision {
     let admission = Admission {
         namespace: NAMESPACE,
+        ..Admission::default()
     };
     decide_review(settings, &admission, pod, memory.host())
 }
@@ -196,6 +198,98 @@ fn plaintext_env_is_flyte_2s_pod() {
     );
 }
 
+/// Flyte 2 takes requests in map order and prepends each variable in turn, removing one of the
+/// same name: with two ENV secrets the prefix variable moves in front of the first. Either order
+/// of the two is a pod Flyte 2 produces; ours takes them in annotation order.
+#[test]
+fn two_env_secrets_come_in_an_order_flyte_2_produces() {
+    let secret2 = PROJECT_ID.replace("secret1", "secret2");
+    let memory = Memory::with(&[(PROJECT_ID, "banana"), (secret2.as_str(), "kiwi")]);
+    let settings = settings("Plaintext", json!({}));
+    let request = [
+        secret("secret1", MountRequirement::EnvVar, ""),
+        secret("secret2", MountRequirement::EnvVar, ""),
+    ];
+    let pod = mutated(run(&settings, &memory, &pod(&request, scope_labels())));
+    assert_eq!(
+        pod["spec"]["containers"][0]["env"],
+        json!([
+            {"name": "_UNION_SECRET2", "value": "kiwi"},
+            {"name": "FLYTE_SECRETS_ENV_PREFIX", "value": "_UNION_"},
+            {"name": "_UNION_SECRET1", "value": "banana"},
+            {"name": "A", "value": "a"},
+        ])
+    );
+    // The API server's reinvocation changes nothing.
+    assert_eq!(run(&settings, &memory, &pod), Decision::Unchanged);
+}
+
+/// A configuration that enables Embedded is a Flyte 2 one: without a prefix of its own it gets
+/// `_UNION_`, and Global secrets are placed as Flyte 2's Global manager places them (prepended,
+/// the webhook's value winning, `env_var` ignored) unless `globalSecretsStyle` says otherwise.
+#[test]
+fn flyte_2_configurations_get_flyte_2s_defaults() {
+    let flyte_2 = Settings::from_json(r#"{"secretManagerTypes": ["Embedded"]}"#).unwrap();
+    assert_eq!(flyte_2.secret_env_var_prefix, "_UNION_");
+    let flyte_1 = Settings::from_json(r#"{"secretManagerTypes": ["K8s"]}"#).unwrap();
+    assert_eq!(flyte_1.secret_env_var_prefix, "_FSEC_");
+    let own = Settings::from_json(
+        r#"{"secretManagerTypes": ["Embedded"], "secretEnvVarPrefix": "_FSEC_"}"#,
+    )
+    .unwrap();
+    assert_eq!(own.secret_env_var_prefix, "_FSEC_");
+
+    let memory = Memory::with(&[]);
+    let globals =
+        |group: &str, key: &str| (group == "db" && key == "password").then(|| "hunter2".to_owned());
+    let host = Host {
+        globals: &globals,
+        ..memory.host()
+    };
+    let request = [Secret {
+        group: "db".to_owned(),
+        key: "password".to_owned(),
+        env_var: "IGNORED".to_owned(),
+        mount_requirement: MountRequirement::EnvVar,
+        ..Secret::default()
+    }];
+    let mut asking = pod(&request, scope_labels());
+    asking["spec"]["containers"][0]["env"] =
+        json!([{"name": "A", "value": "a"}, {"name": "_UNION_DB_PASSWORD", "value": "mine"}]);
+    let admission = Admission {
+        namespace: NAMESPACE,
+        ..Admission::default()
+    };
+    let pod = mutated(decide_review(&flyte_2, &admission, &asking, host));
+    assert_eq!(
+        pod["spec"]["containers"][0]["env"],
+        json!([
+            {"name": "_UNION_DB_PASSWORD", "value": "hunter2"},
+            {"name": "FLYTE_SECRETS_ENV_PREFIX", "value": "_UNION_"},
+            {"name": "A", "value": "a"},
+        ])
+    );
+    assert_eq!(
+        decide_review(&flyte_2, &admission, &pod, host),
+        Decision::Unchanged
+    );
+    // Flyte 1's placement on request: appended, the pod's own value kept, env_var honoured.
+    let appending = Settings::from_json(
+        r#"{"secretManagerTypes": ["Embedded"], "globalSecretsStyle": "Flyte1"}"#,
+    )
+    .unwrap();
+    let pod = mutated(decide_review(&appending, &admission, &asking, host));
+    assert_eq!(
+        pod["spec"]["containers"][0]["env"],
+        json!([
+            {"name": "A", "value": "a"},
+            {"name": "_UNION_DB_PASSWORD", "value": "mine"},
+            {"name": "FLYTE_SECRETS_ENV_PREFIX", "value": "_UNION_"},
+            {"name": "IGNORED", "value": "hunter2"},
+        ])
+    );
+}
+
 #[test]
 fn plaintext_file_is_one_init_container_with_base64_lines() {
     let memory = Memory::with(&[
@@ -234,7 +328,7 @@ fn plaintext_file_is_one_init_container_with_base64_lines() {
     // The second secret only adds its line: Flyte 2 returns early once the container exists.
     let file_env = json!([
         {"name": "MY_FILE", "value": "/etc/flyte/secrets/secret1"},
-        {"name": "FLYTE_SECRETS_FILE_PREFIX", "value": ""},
+        {"name": "FLYTE_SECRETS_FILE_PREFIX"},
         {"name": "FLYTE_SECRETS_DEFAULT_DIR", "value": "/etc/flyte/secrets"},
     ]);
     let mut init_env = file_env.as_array().unwrap().clone();
@@ -267,6 +361,7 @@ fn mirror_mode_puts_no_value_in_the_pod() {
     let text = pod(&request, scope_labels()).to_string();
     let admission = Admission {
         namespace: NAMESPACE,
+        ..Admission::default()
     };
     let Outcome::Patched(patched) = mutate_review(&settings, &admission, &text, memory.host())
     else {
@@ -286,7 +381,7 @@ fn mirror_mode_puts_no_value_in_the_pod() {
         pod["spec"]["containers"][0]["env"],
         json!([
             {"name": "TOKEN_PATH", "value": "/etc/flyte/secrets/token"},
-            {"name": "FLYTE_SECRETS_FILE_PREFIX", "value": ""},
+            {"name": "FLYTE_SECRETS_FILE_PREFIX"},
             {"name": "FLYTE_SECRETS_DEFAULT_DIR", "value": "/etc/flyte/secrets"},
             {"name": "_UNION_SECRET1", "valueFrom": {"secretKeyRef": {"name": env_mirror, "key": "value"}}},
             {"name": "FLYTE_SECRETS_ENV_PREFIX", "value": "_UNION_"},
@@ -311,6 +406,7 @@ fn the_narrowest_scope_wins_and_only_not_found_widens() {
         let text = pod(&request, scope_labels()).to_string();
         let admission = Admission {
             namespace: NAMESPACE,
+            ..Admission::default()
         };
         match mutate_review(&settings, &admission, &text, memory.host()) {
             Outcome::Patched(patched) => patched.mirrors,
@@ -418,6 +514,7 @@ fn image_pull_secrets_of_the_found_scope_are_listed_sorted() {
     asking["spec"]["imagePullSecrets"] = json!([{"name": "zz-team"}, {"name": "aa-team"}]);
     let admission = Admission {
         namespace: NAMESPACE,
+        ..Admission::default()
     };
     let outcome = mutate_review(
         &settings(true),

@@ -856,4 +856,57 @@ proptest! {
         let second = outcome_bytes(&mutate_json(&settings, &text, &globals));
         prop_assert_eq!(first, second);
     }
+
+    /// (6) Flyte 2's placement (Global secrets in `globalSecretsStyle: Flyte2`): the patch applies
+    /// to the original and gives the mutated pod, it removes nothing but env vars it puts back
+    /// in front (every variable name of the pod survives), and a second run changes nothing.
+    #[test]
+    fn flyte_2_placement_replaces_variables_but_loses_none((pod, _) in case()) {
+        let settings = Settings::from_json(FLYTE_2_GLOBAL).unwrap();
+        let Decision::Mutated(mutated) = decide(&settings, &pod, &globals) else {
+            return Ok(());
+        };
+        let Outcome::Patched(patched) = mutate_json(&settings, &pod.to_string(), &globals) else {
+            return Err(TestCaseError::fail("decide mutated, mutate_json did not"));
+        };
+        let ours: json_patch::Patch = serde_json::from_str(&patched.patch)
+            .map_err(|err| TestCaseError::fail(format!("not a JSON Patch: {err}")))?;
+        for op in &ours.0 {
+            let env_removal = matches!(op, json_patch::PatchOperation::Remove(remove)
+                if is_env_entry(&remove.path.to_string()));
+            prop_assert!(
+                matches!(op, json_patch::PatchOperation::Add(_)) || env_removal,
+                "the patch has more than adds and env replacements: {}",
+                serde_json::to_string(op).unwrap()
+            );
+        }
+        let mut applied = pod.clone();
+        json_patch::patch(&mut applied, &ours.0)
+            .map_err(|err| TestCaseError::fail(format!("the patch does not apply: {err}")))?;
+        prop_assert_eq!(&applied, &mutated);
+        for field in ["initContainers", "containers"] {
+            let before = list(&pod["spec"], &format!("/{field}"));
+            for (index, container) in before.iter().enumerate() {
+                let after = &mutated["spec"][field][index];
+                for var in list(container, "/env") {
+                    let name = &var["name"];
+                    prop_assert!(
+                        list(after, "/env").iter().any(|kept| &kept["name"] == name),
+                        "{field}[{index}] lost env var {name}"
+                    );
+                }
+            }
+        }
+        prop_assert!(decide(&settings, &mutated, &globals) == Decision::Unchanged);
+    }
+}
+
+/// Global secrets placed as Flyte 2 places them, beside K8s.
+const FLYTE_2_GLOBAL: &str = r#"{"secretManagerType": "K8s", "globalSecretsStyle": "Flyte2"}"#;
+
+/// `/spec/containers/<n>/env/<m>` or `/spec/initContainers/<n>/env/<m>`.
+fn is_env_entry(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    matches!(parts.as_slice(), ["", "spec", "containers" | "initContainers", n, "env", m]
+        if n.parse::<usize>().is_ok() && m.parse::<usize>().is_ok())
 }

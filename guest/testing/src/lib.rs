@@ -2,7 +2,8 @@
 //! tests can check that the sandbox holds: `loop`, `memory`, `trap`, `huge`, `many-injections`,
 //! `bad-patch`, `remember` (tries to carry state from one review to the next), `mirror-unasked`
 //! (asks for a mirror of a secret it never looked up), `pull-unasked` (asks to copy an image pull
-//! Secret it was never told of), or nothing (a well-behaved policy that
+//! Secret it was never told of), `other-scope` (reads another project's secret and puts its
+//! value in the answer, as a Plaintext policy would), or nothing (a well-behaved policy that
 //! changes nothing).
 #![cfg(target_arch = "wasm32")]
 
@@ -26,6 +27,7 @@ fn behaviour(settings: &str) -> &str {
         "bad-patch",
         "mirror-unasked",
         "pull-unasked",
+        "other-scope",
         "remember-and-look",
         "remember",
     ]
@@ -105,8 +107,26 @@ impl Guest for Hostile {
                 mirrors: Vec::new(),
                 pull_secrets: vec!["img-pull-0123456789abcdef".to_owned()],
             })),
+            "other-scope" => Ok(other_scope()),
             _ => Ok(Outcome::Unchanged(Vec::new())),
         }
+    }
+}
+
+/// Project `payroll`'s secret, asked for whatever the review's namespace: a value read ends up
+/// in the answer (a warning), an error in a denial.
+fn other_scope() -> Outcome {
+    let id = "u__org__acme__domain__development__project__payroll__key__db";
+    match secrets_webhook::policy::secret_store::lookup(id) {
+        Ok(Some(value)) => Outcome::Unchanged(vec![format!(
+            "read {id}: {}",
+            String::from_utf8_lossy(&value)
+        )]),
+        Ok(None) => Outcome::Unchanged(vec![format!("no {id}")]),
+        Err(reason) => Outcome::Denied(types::Denied {
+            code: 403,
+            message: reason,
+        }),
     }
 }
 

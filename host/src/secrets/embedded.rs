@@ -1,6 +1,12 @@
 //! The host's side of Flyte 2's Embedded manager: what the policy's `secret-store` and `cluster`
 //! imports answer, and the mirrors its patches ask for. The policy decides; this only reads the
 //! store and the namespaces, and writes the mirrors.
+//!
+//! Every read and every mirror is held to the scope authority the policy's settings describe
+//! (`secrets_policy::authority`): a store value is read only for a pod whose namespace and
+//! creator may read its scope, and a source's change reaches only the mirrors in namespaces
+//! entitled to it. A policy that asks for more, or a Secret planted under a mirror's name
+//! elsewhere, gets nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +19,11 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 
+use secrets_policy::authority::{Authority, Creator};
+
 use super::k8s::{K8sBackend, SourceChange};
 use super::mirror::{self, Mirror};
+use super::scope::{Scope, parse_secret_id};
 use super::store::{Backend, Store};
 use crate::cluster::Leadership;
 use crate::config::{EmbeddedConfig, StoreType};
@@ -28,13 +37,22 @@ const SWEEP_GRACE: Duration = Duration::from_secs(600);
 
 pub struct Embedded {
     store: Arc<Store>,
+    /// Who may read which scope: the settings in service say (they change on reload).
+    authority: arc_swap::ArcSwap<Authority>,
     namespaces: reflector::Store<Namespace>,
     /// The store namespace and its Secrets, for Flyte 2's image pull Secrets; `None` unless
-    /// `imagePullSecrets.enabled`.
+    /// `imagePullSecrets.enabled`. A pod in that namespace refers to them where they are.
     pulls: Option<(String, reflector::Store<Secret>)>,
     /// `None` for one held in memory: it writes no mirrors.
     client: Option<kube::Client>,
     written: Written,
+}
+
+/// The pod a review asks about: where it is created, and by whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    pub namespace: &'a str,
+    pub creator: Creator<'a>,
 }
 
 /// A mirror written a moment ago with the same value is not written again for each pod: every
@@ -80,6 +98,7 @@ impl Embedded {
     pub async fn start(
         client: kube::Client,
         config: &EmbeddedConfig,
+        authority: Authority,
         leadership: Leadership,
     ) -> Result<Arc<Self>> {
         // Source ids seen to change: by the K8s store's watch, or named by an invalidation.
@@ -109,6 +128,7 @@ impl Embedded {
             .context("listing the secrets source and the namespaces")?;
         let embedded = Arc::new(Self {
             store,
+            authority: arc_swap::ArcSwap::from_pointee(authority),
             namespaces,
             pulls,
             client: Some(client.clone()),
@@ -143,13 +163,18 @@ impl Embedded {
 
     /// A store and namespaces held in memory, with no cluster to write mirrors to: the request
     /// path alone, for benchmarks.
-    pub fn in_memory(backend: Arc<dyn Backend>, namespaces: Vec<Namespace>) -> Arc<Self> {
+    pub fn in_memory(
+        backend: Arc<dyn Backend>,
+        namespaces: Vec<Namespace>,
+        authority: Authority,
+    ) -> Arc<Self> {
         let (reader, mut writer) = reflector::store();
         for namespace in namespaces {
             writer.apply_watcher_event(&watcher::Event::Apply(namespace));
         }
         Arc::new(Self {
             store: Arc::new(Store::new(backend, None)),
+            authority: arc_swap::ArcSwap::from_pointee(authority),
             namespaces: reader,
             pulls: None,
             client: None,
@@ -157,8 +182,45 @@ impl Embedded {
         })
     }
 
-    /// `secret-store.lookup`: one id in one scope.
-    pub async fn lookup(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+    /// Puts the scope authority of newly swapped-in settings in service.
+    pub fn set_authority(&self, authority: Authority) {
+        self.authority.store(Arc::new(authority));
+    }
+
+    /// Whether `namespace` may hold `scope`'s secrets for a pod `creator` makes (`None`: for a
+    /// pod already admitted), as the settings in service say.
+    fn grant(
+        &self,
+        namespace: &str,
+        creator: Option<Creator<'_>>,
+        scope: &Scope,
+    ) -> Result<(), String> {
+        let org_label = || match self.namespace_labels(namespace)? {
+            Some(labels) => Ok(labels
+                .into_iter()
+                .find(|(name, _)| name == "organization")
+                .map(|(_, value)| value)),
+            None => Err(format!("namespace {namespace:?} does not exist")),
+        };
+        self.authority
+            .load()
+            .grant(namespace, creator, scope, org_label)
+            .map(drop)
+    }
+
+    /// `secret-store.lookup`: one id in one scope, for the pod `asker` describes. An id whose
+    /// scope that pod may not read is refused before the store is asked, whatever the policy.
+    pub async fn lookup(&self, asker: &Asker<'_>, id: &str) -> Result<Option<Vec<u8>>, String> {
+        let Some((scope, _)) = parse_secret_id(id) else {
+            return Err(format!("{id:?} is not a secret id"));
+        };
+        self.grant(asker.namespace, Some(asker.creator), &scope)
+            .map_err(|reason| format!("not read for this pod: {reason}"))?;
+        self.read(id).await
+    }
+
+    /// One id's value, within [`LOOKUP_TIMEOUT`].
+    async fn read(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         // Outside a runtime (a benchmark's own executor) there is no timer, and nothing to wait on.
         let read = match tokio::runtime::Handle::try_current() {
             Ok(_) => tokio::time::timeout(LOOKUP_TIMEOUT, self.store.get(id)).await,
@@ -197,9 +259,14 @@ impl Embedded {
         Some(pulls.get(&ObjectRef::new(name).within(namespace)))
     }
 
-    /// Copies the image pull Secrets a patch lists into `namespace`, all at once.
+    /// Copies the image pull Secrets a patch lists into `namespace`, all at once; a pod in the
+    /// store's own namespace refers to the sources themselves, as in Flyte 2.
     pub async fn copy_pull_secrets(&self, namespace: &str, names: &[String]) -> Result<()> {
-        if names.is_empty() {
+        let at_source = self
+            .pulls
+            .as_ref()
+            .is_some_and(|(source, _)| source == namespace);
+        if names.is_empty() || at_source {
             return Ok(());
         }
         let Some(client) = &self.client else {
@@ -351,11 +418,17 @@ async fn follow_source(client: &kube::Client, embedded: &Embedded, change: Sourc
             }
         },
     };
+    let Some((scope, _)) = parse_secret_id(&change.id) else {
+        return;
+    };
+    // Only where the scope's pods may run: a Secret named like a mirror anywhere else is never
+    // filled, whoever labelled it.
     let names: Vec<String> = embedded
         .namespaces
         .state()
         .iter()
         .filter_map(|namespace| namespace.metadata.name.clone())
+        .filter(|namespace| embedded.grant(namespace, None, &scope).is_ok())
         .collect();
     match mirror::follow_source(client, &names, &change.id, value.as_deref()).await {
         Ok(0) => {}

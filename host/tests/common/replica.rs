@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Api;
 use kube::api::PostParams;
@@ -21,9 +22,10 @@ use super::envtest::ApiServer;
 pub const NAMESPACE: &str = "secrets-webhook";
 pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:secrets-webhook:secrets-webhook";
 
-/// Creates the RBAC objects and admission policies of a deploy/ file, namespaced ones in the
-/// webhook's namespace unless they name another, as kustomize would place them. ServiceAccounts
-/// are left out: impersonation needs none.
+/// Creates the RBAC objects, admission policies and ServiceAccounts of a deploy/ file,
+/// namespaced ones in the webhook's namespace unless they name another, as kustomize would place
+/// them. (The admission policies take the ServiceAccount as their parameter: impersonation alone
+/// needs none, the policies do.)
 pub async fn install_roles(client: &kube::Client, text: &str) {
     for document in serde_yaml::Deserializer::from_str(text) {
         let mut object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
@@ -32,28 +34,80 @@ pub async fn install_roles(client: &kube::Client, text: &str) {
                 subject["namespace"] = NAMESPACE.into();
             }
         }
-        let namespace = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or(NAMESPACE)
-            .to_owned();
-        match object["kind"].as_str().unwrap() {
-            "Role" => create::<Role>(Api::namespaced(client.clone(), &namespace), object).await,
-            "RoleBinding" => {
-                create::<RoleBinding>(Api::namespaced(client.clone(), &namespace), object).await
-            }
-            "ClusterRole" => create::<ClusterRole>(Api::all(client.clone()), object).await,
-            "ClusterRoleBinding" => {
-                create::<ClusterRoleBinding>(Api::all(client.clone()), object).await
-            }
-            "ValidatingAdmissionPolicy" => {
-                create::<ValidatingAdmissionPolicy>(Api::all(client.clone()), object).await
-            }
-            "ValidatingAdmissionPolicyBinding" => {
-                create::<ValidatingAdmissionPolicyBinding>(Api::all(client.clone()), object).await
-            }
-            "ServiceAccount" => {}
-            other => panic!("unexpected {other} in a deploy/ file"),
+        install_object(client, object, &[]).await;
+    }
+}
+
+/// The objects `kubectl kustomize <overlay>` renders that decide what the webhook may do (RBAC,
+/// admission policies, ServiceAccounts), created as rendered; `None` after saying loudly that
+/// `test` is skipped when kubectl is not on the PATH.
+pub async fn install_rendered(client: &kube::Client, overlay: &Path, test: &str) -> Option<()> {
+    let kubectl = super::tools::on_path("kubectl", test)?;
+    let output = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(overlay)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {}: {}",
+        overlay.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let others = [
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ResourceQuota",
+        "NetworkPolicy",
+    ];
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+        install_object(client, object, &others).await;
+    }
+    Some(())
+}
+
+/// Creates `object` unless its kind is one of `skipped`.
+async fn install_object(client: &kube::Client, mut object: serde_json::Value, skipped: &[&str]) {
+    let kind = object["kind"].as_str().unwrap().to_owned();
+    if skipped.contains(&kind.as_str()) {
+        return;
+    }
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or(NAMESPACE)
+        .to_owned();
+    // kustomize does not know that admission policies are cluster-scoped.
+    if kind.starts_with("ValidatingAdmissionPolicy") || kind.starts_with("Cluster") {
+        object["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("namespace");
+    }
+    let namespaced = || client.clone();
+    match kind.as_str() {
+        "Role" => create::<Role>(Api::namespaced(namespaced(), &namespace), object).await,
+        "RoleBinding" => {
+            create::<RoleBinding>(Api::namespaced(namespaced(), &namespace), object).await
         }
+        "ServiceAccount" => {
+            create::<ServiceAccount>(Api::namespaced(namespaced(), &namespace), object).await
+        }
+        "ClusterRole" => create::<ClusterRole>(Api::all(client.clone()), object).await,
+        "ClusterRoleBinding" => {
+            create::<ClusterRoleBinding>(Api::all(client.clone()), object).await
+        }
+        "ValidatingAdmissionPolicy" => {
+            create::<ValidatingAdmissionPolicy>(Api::all(client.clone()), object).await
+        }
+        "ValidatingAdmissionPolicyBinding" => {
+            create::<ValidatingAdmissionPolicyBinding>(Api::all(client.clone()), object).await
+        }
+        other => panic!("unexpected {other} in a deploy/ file"),
     }
 }
 
@@ -185,7 +239,7 @@ impl Replica {
             };
             if let (Some(port), Some(metrics)) = (
                 port_of("serving AdmissionReviews"),
-                port_of("over plain HTTP addr="),
+                port_of("/readyz over plain HTTP addr="),
             ) {
                 (replica.port, replica.metrics) = (port, metrics);
                 return replica;

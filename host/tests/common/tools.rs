@@ -36,3 +36,21 @@ pub fn find_or(variable: &str, test: &str, how: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// Program `name` from the PATH (kubectl comes with the machine image), or `None` after saying
+/// loudly that `test` is skipped.
+pub fn on_path(name: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        let why = format!("{name} is not on the PATH");
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: {why}; CI's machine image has it");
+        }
+        let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***\n");
+    }
+    found
+}

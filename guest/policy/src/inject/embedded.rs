@@ -19,7 +19,7 @@ use crate::pod::objects::{
     Container, EmptyDir, EnvVar, KeyToPath, ProjectedSecret, ProjectedVolume, Projection, Volume,
     VolumeMount,
 };
-use crate::scope::{MIRROR_KEY, Scope, check_binding, mirror_name, pull_secret_name};
+use crate::scope::{MIRROR_KEY, Scope, mirror_name, pull_secret_name};
 use crate::secret::{MountRequirement, Secret};
 use crate::settings::{EmbeddedMode, EmbeddedSettings};
 
@@ -39,9 +39,7 @@ pub fn inject(cx: &Context<'_>, pod: &mut Pod<'_>, secret: &Secret) -> Result<()
     check_custom_env_var(secret)?;
     let settings = &cx.settings.embedded_secret_manager_config;
     let scope = Scope::from_labels(|name| pod.label(name)).or_else(refuse)?;
-    if settings.bind_scope_to_namespace {
-        bind(cx, &scope, settings)?;
-    }
+    grant(cx, &scope, settings)?;
     let file = secret.mount_requirement == MountRequirement::File;
     if file {
         check_secret_key(&secret.key).or_else(refuse)?;
@@ -90,23 +88,23 @@ fn pull_secret(cx: &Context<'_>, found: &Scope, key: &str) -> Result<Option<Stri
     }
 }
 
-/// Refuses a scope its namespace does not stand for: a pod's labels are written by whoever
-/// creates it, and must not open another project's secrets.
-fn bind(cx: &Context<'_>, scope: &Scope, settings: &EmbeddedSettings) -> Result<(), Refused> {
+/// Refuses a scope the pod's namespace and creator are not entitled to: a pod's labels are
+/// written by whoever creates it, and must not open another project's secrets.
+fn grant(cx: &Context<'_>, scope: &Scope, settings: &EmbeddedSettings) -> Result<(), Refused> {
     let namespace = cx.namespace;
-    let template = &settings.namespace_template;
-    // The template first: it needs no call to the host.
-    check_binding(scope, namespace, template, None).or_else(refuse)?;
-    let labels = match cx.host.cluster.labels(namespace) {
-        Ok(Some(labels)) => labels,
-        Ok(None) => return refuse(format!("namespace {namespace:?} does not exist")),
-        Err(err) => return refuse(format!("cannot read namespace {namespace:?}: {err}")),
+    let org_label = || match cx.host.cluster.labels(namespace) {
+        Ok(Some(labels)) => Ok(labels
+            .into_iter()
+            .find(|(name, _)| name == "organization")
+            .map(|(_, value)| value)),
+        Ok(None) => Err(format!("namespace {namespace:?} does not exist")),
+        Err(err) => Err(format!("cannot read namespace {namespace:?}: {err}")),
     };
-    let org = labels
-        .iter()
-        .find(|(name, _)| name == "organization")
-        .map(|(_, value)| value.as_str());
-    check_binding(scope, namespace, template, org).or_else(refuse)
+    let authority = settings.authority();
+    authority
+        .grant(namespace, Some(cx.creator), scope, org_label)
+        .map(drop)
+        .or_else(refuse)
 }
 
 /// The narrowest scope's id and value of `key`. Only "no such secret" widens the search; a store
@@ -213,7 +211,7 @@ fn plaintext_env(
 fn file_env<'s>(secret: &'s Secret) -> Vec<EnvVar<'s>> {
     let mut vars = vec![
         EnvVar::plain(ENV_DEFAULT_DIR, MOUNT_ROOT),
-        EnvVar::plain(ENV_FILE_PREFIX, ""),
+        EnvVar::empty(ENV_FILE_PREFIX),
     ];
     if !secret.env_var.is_empty() {
         let path = format!("{MOUNT_ROOT}/{}", secret.key.to_lowercase());

@@ -110,6 +110,8 @@ pub struct Context<'a> {
     pub host: Host<'a>,
     /// The namespace the pod is created in.
     pub namespace: &'a str,
+    /// Who creates it.
+    pub creator: crate::authority::Creator<'a>,
     /// Secret ids whose mirrors the edits so far refer to.
     pub mirrors: std::cell::RefCell<Vec<String>>,
     /// Image pull Secrets the edits so far list, for the host to copy into the namespace.
@@ -143,7 +145,7 @@ fn secret_env_name(prefix: &str, secret: &Secret) -> String {
 fn file_env<'s>(secret: &'s Secret, path: &'s str) -> Vec<EnvVar<'s>> {
     let mut vars = vec![
         EnvVar::plain(ENV_DEFAULT_DIR, MOUNT_ROOT),
-        EnvVar::plain(ENV_FILE_PREFIX, ""),
+        EnvVar::empty(ENV_FILE_PREFIX),
     ];
     if !secret.env_var.is_empty() {
         vars.push(EnvVar::plain(secret.env_var.as_str(), path));

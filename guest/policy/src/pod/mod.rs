@@ -182,14 +182,20 @@ impl<'a> Pod<'a> {
     }
 
     /// Puts each of `vars` first in the container's env, in turn (so the last ends up first),
-    /// removing a variable of the same name: Flyte 2's order, where the webhook's value wins. A
-    /// variable the container already has exactly is left where it is, so a second pass changes
-    /// nothing.
+    /// removing a variable of the same name: Flyte 2's `AppendEnvVars`, where the webhook's value
+    /// wins and a variable already there moves to the front again. A container that has every
+    /// one of `vars` exactly is left as it is, so a second pass changes nothing.
     pub fn prepend_env(&mut self, slot: Slot, vars: &[EnvVar<'_>]) {
+        if self.has_env(slot, vars) {
+            return;
+        }
         for var in vars {
             let (container, patch) = self.container_mut(slot);
             let existing = container.env.as_deref().unwrap_or_default();
-            if existing.iter().any(|e| is_same_env(e, var)) {
+            if existing
+                .first()
+                .is_some_and(|first| is_same_env(first, var))
+            {
                 continue;
             }
             let clash = existing
@@ -493,9 +499,16 @@ fn seen_item(item: &KeyToPath<'_>) -> view::KeyToPath<'static> {
 /// Whether an env var of the pod is exactly `var`: the same name, and the same plain value or
 /// the same Secret.
 pub fn is_same_env(existing: &Env<'_>, var: &EnvVar<'_>) -> bool {
+    // An empty value and none are the same variable (the API server stores them alike).
+    fn value(value: Option<&str>) -> &str {
+        value.unwrap_or_default()
+    }
     existing.name() == Some(var.name.as_ref())
-        && existing.value.as_ref().map(Str::as_str) == var.value.as_deref()
-        && existing.secret_ref() == var.value_from.as_ref().map(|f| f.secret_key_ref.name)
+        && value(existing.value.as_ref().map(Str::as_str)) == value(var.value.as_deref())
+        && match &var.value_from {
+            Some(from) => existing.secret_ref() == Some(from.secret_key_ref.name),
+            None => existing.value_from.is_none(),
+        }
 }
 
 #[cfg(test)]

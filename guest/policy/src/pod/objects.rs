@@ -30,6 +30,16 @@ impl<'s> EnvVar<'s> {
         }
     }
 
+    /// A variable set to the empty string, written as Flyte (Go's `omitempty`) writes it: a name
+    /// without a value.
+    pub fn empty(name: impl Into<Text<'s>>) -> Self {
+        Self {
+            name: name.into(),
+            value: None,
+            value_from: None,
+        }
+    }
+
     /// `valueFrom.secretKeyRef` to an optional key of a Secret in the pod's namespace.
     pub fn secret_key(name: impl Into<Text<'s>>, secret: &'s str, key: &'s str) -> Self {
         Self::from_secret(name.into(), secret, key, Some(true))
