@@ -88,7 +88,7 @@ pub fn admission_review(data: &[u8]) {
         OnError::Allow
     };
     let mutator = NativeMutator { settings };
-    let reply = policy::block_on(review(data, &mutator, on_error));
+    let reply = policy::block_on(review(data, &mutator, on_error, &policy::Call::unbounded()));
 
     let body: Value = serde_json::from_slice(&reply.body).expect("the reply is JSON");
     assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
@@ -319,7 +319,11 @@ pub struct NativeMutator {
 }
 
 impl Mutator for NativeMutator {
-    fn mutate<'a>(&'a self, review: &'a Review) -> secrets_webhook::admission::Mutation<'a> {
+    fn mutate<'a>(
+        &'a self,
+        review: &'a Review,
+        _call: &'a policy::Call,
+    ) -> secrets_webhook::admission::Mutation<'a> {
         let outcome = policy::outcome_of(mutate_json(&self.settings, &review.object, &globals));
         Box::pin(std::future::ready(Ok(outcome)))
     }

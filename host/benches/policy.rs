@@ -45,6 +45,8 @@ fn executor() -> UserInfo {
 
 fn policies(c: &mut Criterion) {
     let runtime = Runtime::new(Limits::default()).unwrap();
+    // Off the server: no deadline, the runtime's own memory cap.
+    let call = policy::Call::unbounded();
     let wasm = Active::new(
         runtime.compile(policy::EMBEDDED).unwrap(),
         "null",
@@ -61,11 +63,11 @@ fn policies(c: &mut Criterion) {
         for (name, mutator) in &implementations {
             // Same answer from both, or the comparison means nothing.
             assert!(matches!(
-                policy::block_on(mutator.mutate(&review)).unwrap(),
+                policy::block_on(mutator.mutate(&review, &call)).unwrap(),
                 policy::Outcome::Patched(_)
             ));
             group.bench_with_input(BenchmarkId::new(*name, pod), &review, |b, review| {
-                b.iter(|| policy::block_on(mutator.mutate(review)).unwrap())
+                b.iter(|| policy::block_on(mutator.mutate(review, &call)).unwrap())
             });
         }
     }
@@ -108,6 +110,7 @@ fn embedded_review(fixture: &str) -> (Review, BTreeMap<String, Vec<u8>>) {
 
 fn embedded(c: &mut Criterion) {
     let runtime = Runtime::new(Limits::default()).unwrap();
+    let call = policy::Call::unbounded();
     let mut group = c.benchmark_group("embedded");
     for (mode, fixture) in [
         ("Mirror", "98-embedded-mirror-any-and-file"),
@@ -141,13 +144,13 @@ fn embedded(c: &mut Criterion) {
         let implementations: [(&str, Arc<dyn Mutator>); 2] =
             [("wasm", Arc::new(wasm)), ("native", Arc::new(native))];
         for (name, mutator) in &implementations {
-            let outcome = policy::block_on(mutator.mutate(&review)).unwrap();
+            let outcome = policy::block_on(mutator.mutate(&review, &call)).unwrap();
             assert!(
                 matches!(outcome, policy::Outcome::Patched(_)),
                 "{outcome:?}"
             );
             group.bench_with_input(BenchmarkId::new(*name, mode), &review, |b, review| {
-                b.iter(|| policy::block_on(mutator.mutate(review)).unwrap())
+                b.iter(|| policy::block_on(mutator.mutate(review, &call)).unwrap())
             });
         }
     }

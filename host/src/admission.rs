@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::policy::{Injection, Outcome, PolicyFailure, Review, UserInfo};
+use crate::policy::{Call, Injection, Outcome, PolicyFailure, Review, UserInfo};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
@@ -27,7 +27,7 @@ pub enum OnError {
 
 /// Anything that answers reviews: the wasm policy, or the library called natively.
 pub trait Mutator: Send + Sync {
-    fn mutate<'a>(&'a self, review: &'a Review) -> Mutation<'a>;
+    fn mutate<'a>(&'a self, review: &'a Review, call: &'a Call) -> Mutation<'a>;
 }
 
 /// A review being answered; dropping it ends the policy call.
@@ -141,6 +141,8 @@ pub struct Reply {
     pub reason: Option<String>,
     /// What a patched reply injects, as the policy reported it.
     pub injections: Vec<Injection>,
+    /// The review ran out of its deadline.
+    pub timed_out: bool,
 }
 
 /// A pod as logs name it. A pod created with `generateName` (a ReplicaSet's, a Job's) gets its
@@ -156,8 +158,9 @@ pub struct PodRef {
     pub generate_name: String,
 }
 
-/// Answers one AdmissionReview.
-pub async fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Reply {
+/// Answers one AdmissionReview by `call`'s deadline: one that runs out is refused (or admitted,
+/// with `on_error: allow`), naming what it was waiting on.
+pub async fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError, call: &Call) -> Reply {
     let parsed: ReviewIn<'_> = match serde_json::from_slice(body) {
         Ok(parsed) => parsed,
         Err(err) => return invalid(String::new(), format!("malformed AdmissionReview: {err}")),
@@ -191,9 +194,21 @@ pub async fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError) -> Re
             groups: request.user_info.groups.clone(),
         },
     };
-    let mut reply = match mutator.mutate(&review).await {
-        Ok(outcome) => outcome_response(uid, outcome, on_error),
-        Err(failure) => refusal(uid, Verdict::Failed, 500, failure.to_string(), on_error),
+    let answered = crate::policy::by_deadline(call.deadline, mutator.mutate(&review, call)).await;
+    let mut reply = match answered {
+        Some(Ok(outcome)) => outcome_response(uid, outcome, on_error),
+        Some(Err(failure)) => refusal(uid, Verdict::Failed, 500, failure.to_string(), on_error),
+        None => {
+            let message = format!(
+                "the review ran out of its {:?} (the webhook's timeoutSeconds less a margin) \
+                 while {}",
+                call.budget,
+                call.progress.now()
+            );
+            let mut reply = refusal(uid, Verdict::Failed, 500, message, on_error);
+            reply.timed_out = true;
+            reply
+        }
     };
     let logged = match reply.verdict {
         _ if reply.reason.is_some() => true,
@@ -364,5 +379,63 @@ fn encode(http_status: u16, uid: String, verdict: Verdict, mut response: Respons
         pod: PodRef::default(),
         reason: None,
         injections: Vec::new(),
+        timed_out: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A policy whose store never answers: it says what it waits on, then waits.
+    struct Stuck;
+
+    impl Mutator for Stuck {
+        fn mutate<'a>(&'a self, _: &'a Review, call: &'a Call) -> Mutation<'a> {
+            Box::pin(async move {
+                call.progress.set(
+                    "reading secret u__org__acme__domain____project____key__db from the AWS store"
+                        .into(),
+                );
+                std::future::pending().await
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_review_that_runs_out_names_what_it_waited_on() {
+        let body = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "namespace": "n", "operation": "CREATE",
+                        "object": {"metadata": {"name": "p"}}}
+        });
+        let body = serde_json::to_vec(&body).unwrap();
+        let call = Call::new(Duration::from_millis(200), 1 << 20);
+        let started = std::time::Instant::now();
+        let reply = review(&body, &Stuck, OnError::Deny, &call).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(reply.timed_out);
+        let reason = reply.reason.unwrap();
+        assert!(
+            reason.contains("ran out of its 200ms")
+                && reason.contains("from the AWS store")
+                && reason.contains("u__org__acme"),
+            "{reason}"
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(answer["response"]["allowed"], false);
+        // With onError: allow the pod goes through, with the same words as a warning.
+        let call = Call::new(Duration::from_millis(50), 1 << 20);
+        let reply = review(&body, &Stuck, OnError::Allow, &call).await;
+        let answer: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(
+            answer["response"]["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("AWS store")
+        );
     }
 }

@@ -256,6 +256,45 @@ struct ServeArgs {
     /// How often the policy and config files are checked, besides file events and SIGHUP.
     #[arg(long, default_value_t = 10)]
     reload_poll_seconds: u64,
+    /// The memory the process keeps whatever clients send, in bytes (or 128Mi, 1Gi): connections,
+    /// reviews in flight and guest instances are sized from it. The Deployment sets it from its
+    /// own memory limit [default: 128Mi, the shipped Deployment's limit].
+    #[arg(long, env = "SECRETS_WEBHOOK_MEMORY_BUDGET", value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
+    /// Connections the admission port keeps open [default: from --memory-budget].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// How long a connection may stay silent before its first request, in seconds.
+    #[arg(long, default_value_t = 10)]
+    first_request_seconds: u64,
+    /// How long a connection may stay idle between requests, in seconds (above the API server's
+    /// own 90 s, so it is the one that closes an idle HTTP/1.1 connection).
+    #[arg(long, default_value_t = 120)]
+    idle_seconds: u64,
+}
+
+/// Bytes, as a Kubernetes quantity writes them: `134217728`, `128Mi`, `1Gi`, `512Ki`.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => {
+            return Err(format!(
+                "`{text}`: expected bytes, or a number with Ki, Mi or Gi"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{text}` is not a size in bytes"))
 }
 
 #[derive(Args)]
@@ -410,12 +449,12 @@ fn read_policy(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading policy {}", path.display()))
 }
 
-/// The wasm runtime the flags ask for.
-fn runtime(args: &PolicyArgs) -> Result<Runtime> {
+/// The wasm runtime the flags ask for, with `slots` guest instances alive at most.
+fn runtime(args: &PolicyArgs, slots: u32) -> Result<Runtime> {
     let limits = policy::Limits {
         memory_bytes: args.policy_memory_mib << 20,
         deadline: Duration::from_millis(args.policy_timeout_ms),
-        ..policy::Limits::default()
+        max_concurrent: slots,
     };
     let cache = match &args.policy_cache_dir {
         Some(dir) if dir == Path::new("none") => None,
@@ -455,6 +494,7 @@ fn activate(
 async fn embedded(
     config: &Config,
     leadership: crate::cluster::Leadership,
+    metrics: Arc<Metrics>,
 ) -> Result<Option<Arc<Embedded>>> {
     let Some(embedded) = &config.embedded else {
         return Ok(None);
@@ -465,7 +505,7 @@ async fn embedded(
          (in-cluster, KUBECONFIG or ~/.kube/config)",
     )?;
     Ok(Some(
-        Embedded::start(client, embedded, authority, leadership).await?,
+        Embedded::start(client, embedded, authority, leadership, metrics).await?,
     ))
 }
 
@@ -502,18 +542,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let ca = config.cert_dir.join(certs::CA_FILE);
         tracing::info!(ca = %ca.display(), "local mode: no registration; clients should trust this CA");
     }
-    let runtime = runtime(&args.policy)?;
+    let limits = server_limits(&args, &config)?;
+    tracing::info!(
+        budget_mib = limits.plan.total >> 20,
+        connections = limits.connections.max,
+        reviews_mib = limits.plan.reviews >> 20,
+        guest_slots = limits.plan.guest_slots,
+        review_deadline = ?limits.review_deadline,
+        "memory budget divided"
+    );
+    let runtime = runtime(&args.policy, limits.plan.guest_slots)?;
     // Alone in local mode; in a cluster, the election decides.
     let leadership = crate::cluster::Leadership::new(local);
-    let embedded = embedded(&config, leadership.clone()).await?;
-    let active = activate(&args.policy, &config, &runtime, embedded.clone())?;
     let metrics = Arc::new(Metrics::default());
+    let embedded = embedded(&config, leadership.clone(), metrics.clone()).await?;
+    let active = activate(&args.policy, &config, &runtime, embedded.clone())?;
     metrics.policy_in_service(&active.digest());
     let registering = !local && !args.no_register;
-    if registering && args.policy.policy_timeout_ms >= args.webhook.timeout_seconds as u64 * 1000 {
+    if args.policy.policy_timeout_ms as u128 >= limits.review_deadline.as_millis() {
         bail!(
-            "--policy-timeout-ms ({}) must be below the webhook's --timeout-seconds ({}s)",
+            "--policy-timeout-ms ({}) must be below the review's deadline ({:?}: the webhook's \
+             --timeout-seconds {} less a margin)",
             args.policy.policy_timeout_ms,
+            limits.review_deadline,
             args.webhook.timeout_seconds
         );
     }
@@ -568,6 +619,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     reloader.embedded = config.embedded.clone();
     reloader.client_ca = args.client_ca.is_some();
+    reloader.started = Some(config.clone());
     tokio::spawn(Arc::new(reloader).run(Duration::from_secs(args.reload_poll_seconds.max(1))));
 
     let mutator: Arc<dyn admission::Mutator> = if args.native_policy {
@@ -584,10 +636,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         mutator,
         describe_policy: describe,
         on_error: config.on_error,
-        limits: server::Limits {
-            max_body_bytes: config.max_body_bytes,
-            ..server::Limits::default()
-        },
+        limits,
         readiness: readiness.clone(),
         metrics: metrics.clone(),
     };
@@ -604,6 +653,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The server's limits: the memory budget divided, the connections' timeouts, the review's
+/// deadline from the registered `timeoutSeconds`.
+fn server_limits(args: &ServeArgs, config: &Config) -> Result<server::Limits> {
+    let budget = args.memory_budget.unwrap_or(server::budget::DEFAULT_BUDGET);
+    let plan = server::budget::Plan::new(budget)?;
+    let defaults = server::Limits::default();
+    Ok(server::Limits {
+        max_body_bytes: config.max_body_bytes,
+        plan,
+        connections: server::connections::ConnectionLimits {
+            max: args.max_connections.unwrap_or(plan.max_connections),
+            first_request: Duration::from_secs(args.first_request_seconds.max(1)),
+            idle: Duration::from_secs(args.idle_seconds.max(1)),
+        },
+        review_deadline: server::review_deadline(args.webhook.timeout_seconds as u32),
+        guest_memory: args.policy.policy_memory_mib << 20,
+        ..defaults
+    })
 }
 
 fn block_on(future: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
@@ -876,11 +945,13 @@ fn mutate(args: MutateArgs) -> Result<ExitCode> {
         .cloned()
         .unwrap_or(Value::Null);
     // Offline: no store, so the Embedded manager refuses every secret it is asked for.
-    let active = activate(&args.policy, &config, &runtime(&args.policy)?, None)?;
+    let runtime = runtime(&args.policy, policy::Limits::default().max_concurrent)?;
+    let active = activate(&args.policy, &config, &runtime, None)?;
     let reply = policy::block_on(admission::review(
         &serde_json::to_vec(&review)?,
         active.as_ref(),
         config.on_error,
+        &policy::Call::unbounded(),
     ));
     let response: Value = serde_json::from_slice(&reply.body)?;
     let refused = matches!(

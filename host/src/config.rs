@@ -115,19 +115,25 @@ pub enum StoreType {
     Azure,
 }
 
+impl StoreType {
+    /// As Flyte 2 spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::K8s => "K8s",
+            Self::Aws => "AWS",
+            Self::Gcp => "GCP",
+            Self::Azure => "Azure",
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for StoreType {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
-        let known = [
-            ("K8s", Self::K8s),
-            ("AWS", Self::Aws),
-            ("GCP", Self::Gcp),
-            ("Azure", Self::Azure),
-        ];
+        let known = [Self::K8s, Self::Aws, Self::Gcp, Self::Azure];
         known
             .into_iter()
-            .find(|(known, _)| known.eq_ignore_ascii_case(&name))
-            .map(|(_, store)| store)
+            .find(|store| store.name().eq_ignore_ascii_case(&name))
             .ok_or_else(|| {
                 serde::de::Error::custom(format!(
                     "unknown embeddedSecretManagerConfig.type {name:?}; expected K8s, AWS, GCP \
@@ -174,6 +180,33 @@ pub struct Config {
     pub namespace_selector: Option<LabelSelector>,
     /// Set when the settings send secrets to the Embedded manager.
     pub embedded: Option<EmbeddedConfig>,
+}
+
+impl Config {
+    /// The keys the running server cannot change that differ in `newer`: they take a restart.
+    pub fn unapplied_in(&self, newer: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let differs = [
+            ("listenPort", self.listen != newer.listen),
+            ("certDir", self.cert_dir != newer.cert_dir),
+            ("onError", self.on_error != newer.on_error),
+            (
+                "maxRequestBytes",
+                self.max_body_bytes != newer.max_body_bytes,
+            ),
+            (
+                "namespaceSelector",
+                self.namespace_selector != newer.namespace_selector,
+            ),
+            ("secrets", self.global_secrets != newer.global_secrets),
+        ];
+        for (key, changed) in differs {
+            if changed {
+                keys.push(key);
+            }
+        }
+        keys
+    }
 }
 
 /// Flag values; `None` means "not given", so the file or the default applies.

@@ -28,7 +28,7 @@ impl std::fmt::Debug for GlobalSecrets {
 }
 
 /// Where global secrets come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     /// Env vars starting with this are secrets (`FLYTE_SECRET_`).
     pub env_prefix: String,

@@ -103,10 +103,16 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the metrics port {listen}"))?;
     let addr = listener.local_addr()?;
-    crate::side_port::spawn(listener, move |request: Request<Incoming>| {
-        let response = answer(&request, &metrics, &readiness, &describe);
-        std::future::ready(response)
-    });
+    let counted = metrics.clone();
+    crate::server::side_port::spawn(
+        listener,
+        "metrics",
+        counted,
+        move |request: Request<Incoming>, _| {
+            let response = answer(&request, &metrics, &readiness, &describe);
+            std::future::ready(response)
+        },
+    );
     Ok(addr)
 }
 

@@ -15,10 +15,8 @@ pub mod metrics;
 pub mod patch;
 pub mod policy;
 pub mod reload;
-pub mod request_body;
 pub mod secrets;
 pub mod server;
-pub mod side_port;
 pub mod tls;
 pub mod watch;
 

@@ -22,6 +22,21 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ManagerLabels {
     manager: &'static str,
 }
@@ -77,6 +92,14 @@ pub struct Metrics {
     ca_expiry: Family<CaLabels, Gauge<f64, AtomicU64>>,
     renewals: Family<RenewalLabels, Counter>,
     leader: Gauge,
+    rejected: Family<ReasonLabels, Counter>,
+    connections: Family<PortLabels, Gauge>,
+    timed_out: Family<ReasonLabels, Counter>,
+    deadline_exceeded: Counter,
+    invalidations: Family<ResultLabels, Counter>,
+    unapplied: Family<KeyLabels, Counter>,
+    review_memory: Gauge,
+    memory_budget: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,7 +115,7 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "review_duration_seconds",
-            "Time from a request's headers to its response (reading the body, waiting for a slot, the policy)",
+            "Time from a request's headers to its response (room in the memory budget, the body, the review)",
             duration.clone(),
         );
         let in_flight = Gauge::default();
@@ -153,6 +176,63 @@ impl Default for Metrics {
             "1 while this replica holds the Lease: it renews certificates and restores the webhook configuration",
             leader.clone(),
         );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "requests_rejected",
+            "Requests and connections turned away at a limit, by reason (memory: no room in the memory budget; connections: the port is full; rate: too many invalidations from one address; pending: too many invalidations waiting)",
+            rejected.clone(),
+        );
+        for reason in ["memory", "connections", "rate", "pending"] {
+            let _ = rejected.get_or_create(&ReasonLabels { reason });
+        }
+        let connections = Family::<PortLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open connections, by port (admission, metrics, invalidation)",
+            connections.clone(),
+        );
+        let timed_out = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server closed, by reason (first_request: nothing sent in time; idle: no request for too long)",
+            timed_out.clone(),
+        );
+        for reason in ["first_request", "idle"] {
+            let _ = timed_out.get_or_create(&ReasonLabels { reason });
+        }
+        let deadline_exceeded = Counter::default();
+        registry.register(
+            "review_deadline_exceeded",
+            "Reviews that ran out of their deadline (the registered timeoutSeconds less a margin)",
+            deadline_exceeded.clone(),
+        );
+        let invalidations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "invalidations",
+            "Secret ids invalidated, by result (followed: read again and its mirrors brought in line; coalesced: already waiting; unchanged: read again, same value, no write)",
+            invalidations.clone(),
+        );
+        for result in ["followed", "coalesced", "unchanged"] {
+            let _ = invalidations.get_or_create(&ResultLabels { result });
+        }
+        let unapplied = Family::<KeyLabels, Counter>::default();
+        registry.register(
+            "reload_unapplied",
+            "Reloads that changed a key the running server cannot change (restart to apply), by key",
+            unapplied.clone(),
+        );
+        let review_memory = Gauge::default();
+        registry.register(
+            "review_memory_bytes",
+            "Bytes of the memory budget charged to reviews in flight",
+            review_memory.clone(),
+        );
+        let memory_budget = Gauge::default();
+        registry.register(
+            "memory_budget_bytes",
+            "The memory budget (--memory-budget): what the process keeps whatever clients send",
+            memory_budget.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -166,6 +246,14 @@ impl Default for Metrics {
             ca_expiry,
             renewals,
             leader,
+            rejected,
+            connections,
+            timed_out,
+            deadline_exceeded,
+            invalidations,
+            unapplied,
+            review_memory,
+            memory_budget,
         }
     }
 }
@@ -246,6 +334,47 @@ impl Metrics {
 
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Counts a request or connection turned away at a limit.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn connection_opened(&self, port: &'static str) {
+        self.connections.get_or_create(&PortLabels { port }).inc();
+    }
+
+    pub fn connection_closed(&self, port: &'static str) {
+        self.connections.get_or_create(&PortLabels { port }).dec();
+    }
+
+    /// Counts a connection closed for silence (`first_request`) or idleness (`idle`).
+    pub fn connection_timed_out(&self, reason: &'static str) {
+        self.timed_out.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn deadline_exceeded(&self) {
+        self.deadline_exceeded.inc();
+    }
+
+    /// Counts invalidated ids: followed, coalesced or unchanged.
+    pub fn invalidation(&self, result: &'static str, ids: u64) {
+        self.invalidations
+            .get_or_create(&ResultLabels { result })
+            .inc_by(ids);
+    }
+
+    pub fn reload_unapplied(&self, key: &'static str) {
+        self.unapplied.get_or_create(&KeyLabels { key }).inc();
+    }
+
+    /// The memory budget, and what reviews in flight are charged now.
+    pub fn memory(&self, budget: u64, reviews: u64) {
+        self.memory_budget
+            .set(i64::try_from(budget).unwrap_or(i64::MAX));
+        self.review_memory
+            .set(i64::try_from(reviews).unwrap_or(i64::MAX));
     }
 
     /// The text exposition format.

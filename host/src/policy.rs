@@ -79,6 +79,74 @@ impl Default for Limits {
     }
 }
 
+/// What one review's call may use, and what it is doing: the server sets its deadline (the
+/// registered `timeoutSeconds` less a margin) and what its guest may allocate (what the memory
+/// budget charged it); the host's functions say what they wait on, for a review that runs out.
+#[derive(Clone)]
+pub struct Call {
+    pub deadline: tokio::time::Instant,
+    /// The whole budget the deadline came from, for messages.
+    pub budget: Duration,
+    /// The most linear memory its guest instance may have.
+    pub guest_memory: usize,
+    pub progress: Progress,
+}
+
+impl Call {
+    /// A call bounded by `budget` from now, its guest by `guest_memory`.
+    pub fn new(budget: Duration, guest_memory: usize) -> Self {
+        Self {
+            deadline: tokio::time::Instant::now() + budget,
+            budget,
+            guest_memory,
+            progress: Progress::default(),
+        }
+    }
+
+    /// A call off the request path (the self-check, the CLI): the runtime's own limits only.
+    pub fn unbounded() -> Self {
+        Self::new(Duration::from_secs(3600), usize::MAX)
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+}
+
+/// `future`'s output, unless `deadline` passes first. Outside a runtime (the CLI, benchmarks,
+/// offline checks: callers with no deadline to keep) there is no timer, and it just runs.
+pub async fn by_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    future: F,
+) -> Option<F::Output> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::time::timeout_at(deadline, future).await.ok(),
+        Err(_) => Some(future.await),
+    }
+}
+
+/// What a call is waiting on: "running the policy", or a host function's own words.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Progress {
+    pub fn set(&self, what: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(what);
+    }
+
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn now(&self) -> String {
+        let what = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        what.clone()
+            .unwrap_or_else(|| "running the policy".to_owned())
+    }
+}
+
 /// Why a policy call produced no outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyFailure {
@@ -242,8 +310,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// How much of each pooled memory stays resident between instances: what a guest touches for a
-/// large pod, with room to spare.
-const RESIDENT_BYTES: usize = 8 << 20;
+/// typical pod. Each slot keeps it while idle, so it is counted in the memory budget.
+pub const RESIDENT_BYTES: usize = 1 << 20;
 
 fn config(limits: Limits, pooling: bool) -> Config {
     let mut config = Config::new();
@@ -290,6 +358,8 @@ struct GuestState {
     /// The review's namespace and creator: the store is read only for what they may read.
     namespace: String,
     creator: UserInfo,
+    /// The call's deadline and progress.
+    call: Call,
     /// Values the policy was given, by secret id: the only ones it may have mirrored.
     looked_up: Lookups,
 }
@@ -360,14 +430,16 @@ impl Lookups {
     }
 }
 
+/// What a patch relies on the host to write: the review, its outcome, what the policy looked up
+/// and the services that write.
+type Writes<'a> = (&'a Review, &'a Outcome, &'a Lookups, &'a Services);
+
 /// Writes the mirrors and copies the image pull Secrets `outcome` relies on, before the pod is
-/// admitted; nothing on a dry run.
+/// admitted, within the call's deadline; nothing on a dry run.
 async fn write_mirrors(
-    review: &Review,
-    outcome: &Outcome,
-    looked_up: &Lookups,
-    services: &Services,
+    (review, outcome, looked_up, services): Writes<'_>,
     digest: &str,
+    call: &Call,
 ) -> Result<(), PolicyFailure> {
     let refused = |reason| PolicyFailure::Error {
         digest: digest.to_owned(),
@@ -386,14 +458,25 @@ async fn write_mirrors(
     let failed = |err: anyhow::Error| PolicyFailure::Mirrors {
         reason: format!("{err:#}"),
     };
-    embedded
-        .write_mirrors(&review.namespace, &mirrors)
-        .await
-        .map_err(failed)?;
-    embedded
-        .copy_pull_secrets(&review.namespace, &pulls)
-        .await
-        .map_err(failed)
+    let namespace = &review.namespace;
+    call.progress
+        .set(format!("writing the pod's mirror Secrets in {namespace}"));
+    let written = async {
+        embedded.write_mirrors(namespace, &mirrors).await?;
+        embedded.copy_pull_secrets(namespace, &pulls).await
+    };
+    let result = by_deadline(call.deadline, written).await;
+    call.progress.clear();
+    match result {
+        Some(written) => written.map_err(failed),
+        None => Err(PolicyFailure::Mirrors {
+            reason: format!(
+                "the API server did not take the pod's mirror Secrets in {namespace} within the \
+                 review's {:?}",
+                call.budget
+            ),
+        }),
+    }
 }
 
 /// Refuses growth past the limit and remembers that it did: the guest's allocator then aborts
@@ -450,7 +533,14 @@ impl bindings::secrets_webhook::policy::secret_store::Host for GuestState {
             namespace: &self.namespace,
             creator: creator(&self.creator),
         };
-        let value = embedded.lookup(&asker, &secret_id).await;
+        self.call.progress.set(format!(
+            "reading secret {secret_id} from the {} store",
+            embedded.store_name()
+        ));
+        let value = embedded
+            .lookup(&asker, &secret_id, self.call.deadline)
+            .await;
+        self.call.progress.clear();
         self.looked_up.record(&secret_id, &value);
         value
     }
@@ -497,13 +587,14 @@ impl Policy {
         self.digest[..12].to_owned()
     }
 
-    fn store(&self, services: Services, review: Option<&Review>) -> Store<GuestState> {
+    fn store(&self, services: Services, review: Option<&Review>, call: &Call) -> Store<GuestState> {
         let limits = self.runtime.limits;
         let state = GuestState {
             cap: MemoryCap {
-                limit: limits.memory_bytes,
+                limit: limits.memory_bytes.min(call.guest_memory),
                 hit: false,
             },
+            call: call.clone(),
             services,
             namespace: review.map(|r| r.namespace.clone()).unwrap_or_default(),
             creator: review.map(|r| r.creator.clone()).unwrap_or(UserInfo {
@@ -533,7 +624,7 @@ impl Policy {
     /// Checks settings with the policy's own `validate-settings`. Off the request path: waits on
     /// this thread.
     pub fn validate_settings(&self, settings: &str) -> Result<()> {
-        let mut store = self.store(Services::default(), None);
+        let mut store = self.store(Services::default(), None, &Call::unbounded());
         let result = block_on(async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -557,8 +648,9 @@ impl Policy {
         settings: &str,
         review: &Review,
         services: Services,
+        call: &Call,
     ) -> Result<Outcome, PolicyFailure> {
-        let mut store = self.store(services, Some(review));
+        let mut store = self.store(services, Some(review), call);
         let called = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -581,7 +673,8 @@ impl Policy {
         }
         let state = store.data();
         let digest = self.short_digest();
-        write_mirrors(review, &outcome, &state.looked_up, &state.services, &digest).await?;
+        let writes = (review, &outcome, &state.looked_up, &state.services);
+        write_mirrors(writes, &digest, call).await?;
         Ok(outcome)
     }
 
@@ -595,7 +688,7 @@ impl Policy {
             },
             _ if store.data().cap.hit => PolicyFailure::OutOfMemory {
                 digest,
-                limit: limits.memory_bytes,
+                limit: store.data().cap.limit,
             },
             _ => PolicyFailure::Trap {
                 digest,
@@ -731,14 +824,15 @@ pub fn authority(settings: &str) -> Result<secrets_policy::authority::Authority>
 /// path: waits on this thread.
 pub fn admit(policy: &Policy, settings: &str) -> Result<()> {
     policy.validate_settings(settings)?;
-    block_on(policy.mutate(settings, &probe_review(), Services::default()))
+    let call = Call::unbounded();
+    block_on(policy.mutate(settings, &probe_review(), Services::default(), &call))
         .map_err(anyhow::Error::from)
         .context("the policy failed its self-check")?;
     Ok(())
 }
 
 impl crate::admission::Mutator for Active {
-    fn mutate<'a>(&'a self, review: &'a Review) -> crate::admission::Mutation<'a> {
+    fn mutate<'a>(&'a self, review: &'a Review, call: &'a Call) -> crate::admission::Mutation<'a> {
         Box::pin(async move {
             let serving = self.serving.load_full();
             let services = Services {
@@ -747,7 +841,7 @@ impl crate::admission::Mutator for Active {
             };
             serving
                 .policy
-                .mutate(&serving.settings, review, services)
+                .mutate(&serving.settings, review, services, call)
                 .await
         })
     }
@@ -792,6 +886,7 @@ impl Native {
 /// The services as the library asks for them, recording lookups as the component's imports do.
 struct NativeHost<'a> {
     services: &'a Services,
+    deadline: tokio::time::Instant,
     asker: Asker<'a>,
     looked_up: std::cell::RefCell<Lookups>,
 }
@@ -808,7 +903,7 @@ impl secrets_policy::SecretStore for NativeHost<'_> {
             return Err("this host has no secret store for the Embedded manager".to_owned());
         };
         // The K8s store answers from memory, so this does not wait; benchmarks only.
-        let value = block_on(embedded.lookup(&self.asker, id));
+        let value = block_on(embedded.lookup(&self.asker, id, self.deadline));
         self.looked_up.borrow_mut().record(id, &value);
         value
     }
@@ -833,9 +928,10 @@ impl secrets_policy::Cluster for NativeHost<'_> {
 }
 
 impl crate::admission::Mutator for Native {
-    fn mutate<'a>(&'a self, review: &'a Review) -> crate::admission::Mutation<'a> {
+    fn mutate<'a>(&'a self, review: &'a Review, call: &'a Call) -> crate::admission::Mutation<'a> {
         let host = NativeHost {
             services: &self.services,
+            deadline: call.deadline,
             asker: Asker {
                 namespace: &review.namespace,
                 creator: creator(&review.creator),
@@ -859,7 +955,8 @@ impl crate::admission::Mutator for Native {
         ));
         let looked_up = host.looked_up.into_inner();
         Box::pin(async move {
-            write_mirrors(review, &outcome, &looked_up, &self.services, "native").await?;
+            let writes = (review, &outcome, &looked_up, &self.services);
+            write_mirrors(writes, "native", call).await?;
             Ok(outcome)
         })
     }

@@ -29,6 +29,10 @@ pub struct Reloader {
     pub embedded: Option<crate::config::EmbeddedConfig>,
     /// Whether clients must present a certificate (`--client-ca`), for the settings' warnings.
     pub client_ca: bool,
+    /// The configuration the server started with: keys only a restart applies are compared to it.
+    pub started: Option<Config>,
+    /// The keys last reported as changed but not applied, so each change is reported once.
+    unapplied: Mutex<Vec<&'static str>>,
 }
 
 /// What one reload attempt did.
@@ -57,12 +61,15 @@ impl Reloader {
             rejected: Mutex::new(None),
             embedded: None,
             client_ca: false,
+            started: None,
+            unapplied: Mutex::new(Vec::new()),
         }
     }
 
     /// Reads the files and swaps if they changed and pass. Blocking: compiles.
     pub fn reload(&self) -> Result<Reloaded> {
         let config = Config::load(self.config.as_deref(), &self.overrides)?;
+        self.report_unapplied(&config);
         if config.embedded != self.embedded {
             anyhow::bail!(
                 "the Embedded manager's store settings changed (secretManagerTypes, \
@@ -106,6 +113,27 @@ impl Reloader {
                 Err(err)
             }
         }
+    }
+
+    /// Says, once per change, which keys of `config` the running server keeps at their old value.
+    fn report_unapplied(&self, config: &Config) {
+        let Some(started) = &self.started else {
+            return;
+        };
+        let keys = started.unapplied_in(config);
+        let mut reported = self.unapplied.lock().unwrap_or_else(|p| p.into_inner());
+        if *reported == keys {
+            return;
+        }
+        for key in &keys {
+            tracing::warn!(
+                key,
+                "the configuration changed a key the running server cannot change: it keeps \
+                 the value it started with until restarted"
+            );
+            self.metrics.reload_unapplied(key);
+        }
+        *reported = keys;
     }
 
     /// Reloads on file events, every `poll`, and on SIGHUP, until the process ends.

@@ -214,7 +214,7 @@ async fn oversized_bodies_are_refused_at_the_limit() {
     // One byte over, and 256 KiB over: the client still sending when refused must get the 413, not
     // a reset connection (CI once failed here on "broken pipe": the server closed with the body
     // unread). The body is read and dropped, so the same connection carries the next review.
-    let discard = secrets_webhook::request_body::DISCARD_BYTES as usize;
+    let discard = secrets_webhook::server::request_body::DISCARD_BYTES as usize;
     for mut client in [server.client().await, server.client_h2().await] {
         for excess in [1, discard] {
             let (status, body) = client
@@ -333,11 +333,11 @@ async fn routes_and_methods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_plaintext_clients_are_cut_off() {
-    let limits = secrets_webhook::server::Limits {
-        header_timeout: Duration::from_millis(500),
+    let mut limits = secrets_webhook::server::Limits {
         body_timeout: Duration::from_millis(500),
         ..Default::default()
     };
+    limits.connections.first_request = Duration::from_millis(500);
     let server = TestServer::start(Options {
         limits,
         ..Options::default()
@@ -355,7 +355,7 @@ async fn slow_and_plaintext_clients_are_cut_off() {
     assert!(read.is_ok(), "the server must close a plaintext connection");
     assert!(!String::from_utf8_lossy(&buf).contains("200"));
 
-    // A TCP connection that never starts TLS is dropped after the header timeout.
+    // A TCP connection that never starts TLS is dropped when its first request is due.
     let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
     let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut buf)).await;
@@ -386,5 +386,144 @@ async fn slow_and_plaintext_clients_are_cut_off() {
     );
 
     assert_still_serving(&server).await;
+    server.stop().await;
+}
+
+/// Waits until the server closes `stream` (EOF or an error), for up to `within`; whether it did.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.is_ok()
+}
+
+/// Connections that say nothing are closed when their first request is due (HTTP/1.1 and
+/// HTTP/2 alike, the TLS handshake done or not); connections idle after a request are closed
+/// when their idle time is up; a full port turns new connections away at once; and a normal
+/// review is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_idle_and_excess_connections_are_closed() {
+    let mut limits = secrets_webhook::server::Limits::default();
+    limits.connections.max = 64;
+    limits.connections.first_request = Duration::from_millis(500);
+    limits.connections.idle = Duration::from_millis(1500);
+    let server = TestServer::start(Options {
+        limits,
+        ..Options::default()
+    })
+    .await;
+
+    // 40 silent connections of each kind.
+    let mut silent_tls = Vec::new();
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        for _ in 0..20 {
+            silent_tls.push(server.tls_stream(&[alpn]).await);
+        }
+    }
+    let mut silent_tcp = Vec::new();
+    for _ in 0..20 {
+        silent_tcp.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let started = Instant::now();
+    for stream in &mut silent_tls {
+        assert!(closed_within(stream, Duration::from_secs(3)).await);
+    }
+    for stream in &mut silent_tcp {
+        assert!(closed_within(stream, Duration::from_secs(3)).await);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A connection that was served stays for its idle time, then is closed.
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let tls = server.tls_stream(&[alpn]).await;
+        let (mut client, mut conn) = match alpn {
+            b"h2" => {
+                let (sender, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(tls),
+                )
+                .await
+                .unwrap();
+                let conn: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) });
+                (common::Client::H2(sender), conn)
+            }
+            _ => {
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                let conn: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) });
+                (common::Client::H1(sender), conn)
+            }
+        };
+        let served = tokio::select! {
+            answer = client.post("/mutate", labelled_review()) => answer,
+            _ = &mut conn => panic!("the connection ended before its answer"),
+        };
+        assert_eq!(served.0, 200);
+        let idle_from = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(5), &mut conn).await;
+        assert!(ended.is_ok(), "an idle connection is closed");
+        let idle = idle_from.elapsed();
+        assert!(idle >= Duration::from_millis(1400), "closed after {idle:?}");
+    }
+
+    // Meanwhile nothing else suffered.
+    let (status, response) = server
+        .client()
+        .await
+        .post("/mutate", labelled_review())
+        .await;
+    assert_eq!(
+        (status, &response["response"]["allowed"]),
+        (200, &json!(true))
+    );
+    let text = server.metrics.encode();
+    let counted = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(counted("secrets_webhook_connections_closed_total{reason=\"first_request\"}") >= 60);
+    assert!(counted("secrets_webhook_connections_closed_total{reason=\"idle\"}") >= 2);
+    server.stop().await;
+
+    // A full port closes a new connection at once, before TLS.
+    let mut limits = secrets_webhook::server::Limits::default();
+    limits.connections.max = 4;
+    let server = TestServer::start(Options {
+        limits,
+        ..Options::default()
+    })
+    .await;
+    let mut filling = Vec::new();
+    for _ in 0..4 {
+        filling.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The server has accepted them all before the next one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut turned_away = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closed_within(&mut turned_away, Duration::from_millis(500)).await,
+        "a connection over the cap is closed at once"
+    );
+    let text = server.metrics.encode();
+    assert!(
+        text.contains("secrets_webhook_requests_rejected_total{reason=\"connections\"} 1"),
+        "{text}"
+    );
+    drop(filling);
     server.stop().await;
 }

@@ -1,5 +1,6 @@
 //! Flyte 2's Embedded manager against a real kube-apiserver + etcd (envtest). The scope
-//! authority against tenants and a stolen token is in [`trust`].
+//! authority against tenants and a stolen token is in [`trust`]; slow stores and invalidation
+//! bursts in [`limits`].
 //!
 //! - Every Embedded fixture (`fixtures/` folders with a `sources.json`) through a `serve`
 //!   process over TLS, its sources written as Flyte 2's secret service writes them: Plaintext
@@ -8,6 +9,8 @@
 //!   mirror-only ValidatingAdmissionPolicy, and pods are created through the API server.
 
 mod common;
+#[path = "embedded_cluster/limits.rs"]
+mod limits;
 #[path = "embedded_cluster/trust.rs"]
 mod trust;
 
@@ -570,7 +573,7 @@ async fn two_replicas(test: &str) -> Option<(Flyte2, Replica, String)> {
         &flyte.url,
         "second",
         &["--config", flyte.config.to_str().unwrap()],
-        &[("RUST_LOG", "info,secrets_webhook::secrets::embedded=debug")],
+        &[("RUST_LOG", "info,secrets_webhook::secrets::follow=debug")],
     )
     .await;
     second.wait_ready().await;

@@ -576,7 +576,7 @@ struct Component<'a> {
 }
 
 impl Mutator for Component<'_> {
-    fn mutate<'a>(&'a self, review: &'a Review) -> admission::Mutation<'a> {
+    fn mutate<'a>(&'a self, review: &'a Review, call: &'a policy::Call) -> admission::Mutation<'a> {
         Box::pin(self.policy.mutate(
             self.settings,
             review,
@@ -584,6 +584,7 @@ impl Mutator for Component<'_> {
                 globals: self.globals.clone(),
                 embedded: None,
             },
+            call,
         ))
     }
 }
@@ -654,6 +655,7 @@ fn component_answer(component: &Component<'_>, review: &Value) -> Answer {
         &serde_json::to_vec(review).unwrap(),
         component,
         OnError::Deny,
+        &policy::Call::unbounded(),
     ));
     assert_eq!(reply.http_status, 200);
     let body: Value = serde_json::from_slice(&reply.body).unwrap();

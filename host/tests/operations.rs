@@ -35,12 +35,11 @@ impl Process {
                 "--listen",
                 "127.0.0.1:0",
             ])
-            .args([
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--policy-cache-dir",
-                "none",
-            ])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(match args.contains(&"--policy-cache-dir") {
+                true => &[][..],
+                false => &["--policy-cache-dir", "none"][..],
+            })
             .arg("--cert-dir")
             .arg(dir.path())
             .args(args)
@@ -130,6 +129,25 @@ impl Process {
                 return;
             }
             assert!(Instant::now() < deadline, "no `{line}` in\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `/metrics` until a line starts with `prefix` and does not end in ` 0`.
+    async fn wait_for_metric_prefix(&self, prefix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, text) = self.get("/metrics").await;
+            if text
+                .lines()
+                .any(|l| l.starts_with(prefix) && !l.ends_with(" 0"))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{prefix}` above 0 in\n{text}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -573,4 +591,185 @@ async fn http2_rapid_reset_is_bounded() {
         "the attacking connection was closed by the server"
     );
     server.stop().await;
+}
+
+/// The process's resident memory now, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb << 10)
+}
+
+/// An HTTP/2 connection to `process`.
+async fn h2_to(process: &Process) -> H2 {
+    h2_connect(process.addr, &process.ca_pem).await
+}
+
+type H2 = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+async fn h2_connect(addr: std::net::SocketAddr, ca_pem: &str) -> H2 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = common::connector(ca_pem, &[b"h2"])
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// One POST /mutate on an HTTP/2 connection: its status (0 when the stream failed).
+async fn post_h2(sender: &mut H2, body: bytes::Bytes) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    if let Err(err) = sender.ready().await {
+        return (0, json!(format!("not ready: {err}")));
+    }
+    let request = http::Request::post("https://localhost/mutate")
+        .body(http_body_util::Full::new(body))
+        .unwrap();
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(err) => return (0, json!(format!("send: {err}"))),
+    };
+    let status = response.status().as_u16();
+    let body = match response.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => return (0, json!(format!("body: {err}"))),
+    };
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Four HTTP/2 connections each keep 32 streams of 2.5 MB reviews going (the most the server
+/// lets a connection have open) for ten seconds, against a server with the shipped Deployment's 128 MiB budget: its resident
+/// memory stays under the budget throughout, reviews it has no room for get a quick 503 naming
+/// the budget, and a normal review sent meanwhile on its own connection is answered every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_reviews_stays_within_the_memory_budget() {
+    let budget: u64 = 128 << 20;
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    // A first start compiles the policy into the cache, so the measured one starts as a
+    // restarted replica does, without compiling.
+    let warm = Process::start(&["--policy-cache-dir", cache_dir], &[("RUST_LOG", "info")]);
+    warm.terminate();
+    let _ = warm.wait();
+    let budget_flag = budget.to_string();
+    let process = Process::start(
+        &[
+            "--policy-cache-dir",
+            cache_dir,
+            "--memory-budget",
+            &budget_flag,
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    let pid = process.child.id();
+    let at_rest = rss_bytes(pid);
+
+    let mut large = labelled_pod();
+    large["metadata"]["annotations"]["example.com/notes"] = json!("x".repeat(2_500_000));
+    let large = bytes::Bytes::from(serde_json::to_vec(&review_with(large)).unwrap());
+    let normal = bytes::Bytes::from(std::fs::read(fixtures().join("bench/typical.json")).unwrap());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(at_rest));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        // One connection, shared by its streams, and opened again when the server closes it
+        // (it does, after a thousand streams it had to refuse: HTTP/2's reset flood guard).
+        let shared = std::sync::Arc::new(tokio::sync::Mutex::new(h2_to(&process).await));
+        // As many streams as the server lets a connection have.
+        for _ in 0..32 {
+            let (shared, body, stop) = (shared.clone(), large.clone(), stop.clone());
+            let (addr, ca) = (process.addr, process.ca_pem.clone());
+            flood.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                let mut sender = shared.lock().await.clone();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, _) = post_h2(&mut sender, body.clone()).await;
+                    statuses.push(status);
+                    if status == 0 {
+                        let mut connection = shared.lock().await;
+                        if connection.is_closed() {
+                            *connection = h2_connect(addr, &ca).await;
+                        }
+                        sender = connection.clone();
+                    }
+                    // Refused at once: without a pause, this client would only flood itself.
+                    if status != 200 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                statuses
+            }));
+        }
+    }
+    let mut own = h2_to(&process).await;
+    let mut normal_answers = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let sent = Instant::now();
+        let (status, response) = post_h2(&mut own, normal.clone()).await;
+        normal_answers.push((
+            status,
+            response["response"]["allowed"].clone(),
+            sent.elapsed(),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for task in flood {
+        statuses.extend(task.await.unwrap());
+    }
+    sampler.await.unwrap();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let count = |code: u16| statuses.iter().filter(|s| **s == code).count();
+    println!(
+        "at rest {} MiB, peak {} MiB of a {} MiB budget; flood: {} answered 200, {} refused 503, \
+         {} failed; normal: {} answered, slowest {:?}",
+        at_rest >> 20,
+        peak >> 20,
+        budget >> 20,
+        count(200),
+        count(503),
+        count(0),
+        normal_answers.len(),
+        normal_answers.iter().map(|(_, _, took)| *took).max()
+    );
+    assert!(peak < budget, "RSS peaked at {} MiB", peak >> 20);
+    assert!(count(200) > 0, "the flood's reviews that fit were answered");
+    assert!(
+        count(503) > 0,
+        "the flood was over the budget: {statuses:?}"
+    );
+    assert!(
+        normal_answers
+            .iter()
+            .all(|(status, allowed, _)| *status == 200 && *allowed == json!(true)),
+        "{normal_answers:?}"
+    );
+    process
+        .wait_for_metric_prefix("secrets_webhook_requests_rejected_total{reason=\"memory\"} ")
+        .await;
 }

@@ -47,10 +47,11 @@ async fn hostile_server(how: &str, extra: &str) -> (TestServer, tempfile::TempDi
 async fn hostile_policies_are_answered_within_the_deadline() {
     for (how, reason) in [
         ("loop", "exceeded its 300ms deadline"),
-        ("memory", "ran out of memory (limit 33554432 bytes)"),
+        ("memory", "ran out of memory (limit "),
         ("trap", "trapped"),
-        ("huge", "more than the 8388608 allowed"),
-        ("many-injections", "more than the 8388608 allowed"),
+        // Held to what the memory budget charged the review, the guest cannot even build it.
+        ("huge", "ran out of memory (limit "),
+        ("many-injections", "ran out of memory (limit "),
         ("bad-patch", "invalid JSON Patch"),
         // The host writes mirrors only of values it handed the policy in that call.
         ("mirror-unasked", "asks for a mirror of \"u__org__acme"),
@@ -85,6 +86,42 @@ async fn hostile_policies_are_answered_within_the_deadline() {
         let (status, _) = client.post("/mutate", labelled_review()).await;
         assert_eq!(status, 200, "{how}: the server keeps serving");
         server.stop().await;
+    }
+}
+
+/// With memory enough to build it (off the server, no budget), an answer over the output limit
+/// is refused all the same: a string's bytes and every string's header count.
+#[test]
+fn answers_over_the_output_limit_are_refused() {
+    let runtime = Runtime::new(Limits::default()).unwrap();
+    let hostile = runtime.compile(&test_policy("hostile.wasm")).unwrap();
+    let review = policy::Review {
+        uid: "big".to_owned(),
+        namespace: "default".to_owned(),
+        operation: "CREATE".to_owned(),
+        dry_run: true,
+        object: common::labelled_pod().to_string(),
+        creator: policy::UserInfo {
+            username: "alice".to_owned(),
+            groups: Vec::new(),
+        },
+    };
+    for how in ["huge", "many-injections"] {
+        let settings = format!(r#"{{"hostile":"{how}"}}"#);
+        let call = policy::Call::unbounded();
+        let failure = policy::block_on(hostile.mutate(
+            &settings,
+            &review,
+            policy::Services::default(),
+            &call,
+        ))
+        .unwrap_err();
+        assert!(
+            failure
+                .to_string()
+                .contains("more than the 8388608 allowed"),
+            "{how}: {failure}"
+        );
     }
 }
 
@@ -140,15 +177,17 @@ async fn wait_in_flight(server: &TestServer, in_flight: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_gives_up_ends_its_guest_call_and_frees_its_slot() {
-    // One slot, and a policy that loops to its 1.5 s deadline on every pod.
+    // Room for one review in the memory budget, and a policy that loops to its 1.5 s deadline
+    // on every pod.
     let dir = tempfile::tempdir().unwrap();
+    let mut limits = secrets_webhook::server::Limits::default();
+    let one = secrets_webhook::server::budget::cost(labelled_review().len() as u64, 64 << 20);
+    limits.plan.reviews = one.bytes + one.bytes / 2;
+    limits.plan.large_reviews = 0;
     let server = TestServer::start(Options {
         config: Some(config_file(&dir, "webhook:\n  hostile: loop\n")),
         wasm: test_policy("hostile.wasm"),
-        limits: secrets_webhook::server::Limits {
-            max_concurrent_reviews: 1,
-            ..Default::default()
-        },
+        limits,
         policy_limits: Limits {
             deadline: Duration::from_millis(1500),
             ..Limits::default()
@@ -512,7 +551,12 @@ async fn a_policy_reads_no_scope_its_pod_may_not() {
     };
     // Payroll's own namespace may read it: the policy does read it there.
     let own = hostile
-        .mutate(settings, &review("payroll-development"), services.clone())
+        .mutate(
+            settings,
+            &review("payroll-development"),
+            services.clone(),
+            &policy::Call::unbounded(),
+        )
         .await
         .unwrap();
     assert!(
@@ -522,7 +566,12 @@ async fn a_policy_reads_no_scope_its_pod_may_not() {
     );
     // Another project's namespace may not, and its answer holds no value.
     let other = hostile
-        .mutate(settings, &review("flytesnacks-development"), services)
+        .mutate(
+            settings,
+            &review("flytesnacks-development"),
+            services,
+            &policy::Call::unbounded(),
+        )
         .await
         .unwrap();
     let policy::Outcome::Denied(denied) = &other else {
@@ -537,4 +586,43 @@ async fn a_policy_reads_no_scope_its_pod_may_not() {
         denied.message
     );
     assert!(!format!("{other:?}").contains("password"));
+}
+
+/// A reload that changes a key only a restart applies (onError, maxRequestBytes,
+/// namespaceSelector…) says so, once, in a warning and a metric, while the settings the policy
+/// reads are swapped in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_says_which_keys_wait_for_a_restart() {
+    let server = TestServer::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir, "webhook:\n  onError: deny\n");
+    let overrides = Overrides::default();
+    let metrics = Arc::new(Metrics::default());
+    let mut reloader = Reloader::new(
+        Runtime::new(Limits::default()).unwrap(),
+        server.active.clone(),
+        None,
+        Some(config.clone()),
+        overrides.clone(),
+        metrics.clone(),
+    );
+    reloader.started =
+        Some(secrets_webhook::config::Config::load(Some(&config), &overrides).unwrap());
+    std::fs::write(
+        &config,
+        "webhook:\n  onError: allow\n  maxRequestBytes: 1024\n  secretManagerType: Vault\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        reloader.reload().unwrap(),
+        Reloaded::Swapped { .. }
+    ));
+    assert!(matches!(reloader.reload().unwrap(), Reloaded::Unchanged));
+    let text = metrics.encode();
+    for key in ["onError", "maxRequestBytes"] {
+        let line = format!("secrets_webhook_reload_unapplied_total{{key=\"{key}\"}} 1");
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    assert!(!text.contains("key=\"namespaceSelector\""), "{text}");
+    server.stop().await;
 }

@@ -168,12 +168,22 @@ async fn the_invalidation_endpoint_speaks_flyte_2s_protocol() {
     }
     let store = Arc::new(Store::new(Arc::new(Nothing), Some(Duration::from_secs(60))));
     let (told, mut invalidated) = tokio::sync::mpsc::unbounded_channel();
+    // The followers' queue, full once `full` is set.
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let full_now = full.clone();
+    let queue: secrets_webhook::secrets::invalidation::Queue = Arc::new(move |ids| {
+        if full_now.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(secrets_webhook::secrets::follow::QueueFull);
+        }
+        let _ = told.send(ids);
+        Ok(())
+    });
+    let metrics = Arc::new(secrets_webhook::metrics::Metrics::default());
     let addr = secrets_webhook::secrets::invalidation::serve(
         "127.0.0.1:0".parse().unwrap(),
         store,
-        move |ids| {
-            let _ = told.send(ids);
-        },
+        queue,
+        metrics.clone(),
     )
     .await
     .unwrap();
@@ -205,6 +215,28 @@ async fn the_invalidation_endpoint_speaks_flyte_2s_protocol() {
         request(addr.port(), "POST", unnamed)
             .await
             .starts_with("HTTP/1.1 400")
+    );
+    // A full queue takes nothing more, and says so.
+    full.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        request(addr.port(), "POST", ok)
+            .await
+            .starts_with("HTTP/1.1 503")
+    );
+    // One address posting on and on is slowed down: Flyte 2's secret service posts once a write.
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        answers.push(request(addr.port(), "POST", unnamed).await);
+    }
+    let slowed = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 429"))
+        .count();
+    assert!((40..=60).contains(&slowed), "{slowed} of 100 slowed down");
+    let text = metrics.encode();
+    assert!(
+        text.contains("secrets_webhook_requests_rejected_total{reason=\"pending\"} 1"),
+        "{text}"
     );
 }
 
@@ -260,12 +292,18 @@ async fn mirrors_follow_their_source_and_unused_ones_are_swept() {
             .unwrap(),
         2
     );
+    // Following the same value again finds them, and the API server writes nothing.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "ml-production");
+    let version = |secret: Secret| secret.metadata.resource_version.unwrap();
+    let before = version(secrets.get(&mirror::name(&db)).await.unwrap());
     assert_eq!(
         mirror::follow_source(&client, &namespaces, &db, Some(b"two"))
             .await
             .unwrap(),
-        0
+        2
     );
+    let after = version(secrets.get(&mirror::name(&db)).await.unwrap());
+    assert_eq!(before, after, "a mirror in line was written");
     for namespace in ["ml-development", "ml-production"] {
         assert_eq!(
             mirror_value(&api, namespace, &db).await.as_deref(),

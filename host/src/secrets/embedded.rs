@@ -17,19 +17,21 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::mpsc;
 
 use secrets_policy::authority::{Authority, Creator};
 
-use super::k8s::{K8sBackend, SourceChange};
+use super::follow::Pending;
+use super::k8s::K8sBackend;
 use super::mirror::{self, Mirror};
 use super::scope::{Scope, parse_secret_id};
 use super::store::{Backend, Store};
 use crate::cluster::Leadership;
 use crate::config::{EmbeddedConfig, StoreType};
+use crate::metrics::Metrics;
 
-/// A lookup that takes longer than this fails the pod rather than the API server's call.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// What a lookup leaves of its review's deadline, for the policy to answer with what it learnt
+/// (which store, which secret) before the review itself runs out.
+const ANSWER_MARGIN: Duration = Duration::from_millis(100);
 /// How often unused mirrors are looked for, and how long a mirror asked for is spared: its pod
 /// may still be on its way through admission.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -37,6 +39,7 @@ const SWEEP_GRACE: Duration = Duration::from_secs(600);
 
 pub struct Embedded {
     store: Arc<Store>,
+    store_name: &'static str,
     /// Who may read which scope: the settings in service say (they change on reload).
     authority: arc_swap::ArcSwap<Authority>,
     namespaces: reflector::Store<Namespace>,
@@ -100,10 +103,11 @@ impl Embedded {
         config: &EmbeddedConfig,
         authority: Authority,
         leadership: Leadership,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>> {
         // Source ids seen to change: by the K8s store's watch, or named by an invalidation.
-        let (changed, changes) = mpsc::unbounded_channel::<SourceChange>();
-        let (store, listed) = store(&client, config, changed.clone()).await?;
+        let pending = Arc::new(Pending::default());
+        let (store, listed) = store(&client, config, pending.clone()).await?;
         let namespaces = reflect(Api::<Namespace>::all(client.clone()), "namespaces");
         let pulls = config.image_pull_secrets.then(|| {
             let api = Api::<Secret>::namespaced(client.clone(), &config.k8s_namespace);
@@ -128,33 +132,32 @@ impl Embedded {
             .context("listing the secrets source and the namespaces")?;
         let embedded = Arc::new(Self {
             store,
+            store_name: config.store.name(),
             authority: arc_swap::ArcSwap::from_pointee(authority),
             namespaces,
             pulls,
             client: Some(client.clone()),
             written: Written::default(),
         });
-        let upkeep = leadership.clone();
-        tokio::spawn(follow_sources(
+        tokio::spawn(super::follow::run(
             client.clone(),
             embedded.clone(),
-            changes,
-            upkeep,
+            pending.clone(),
+            leadership.clone(),
+            metrics.clone(),
         ));
         tokio::spawn(sweep(client, leadership));
         if let Some(port) = config.invalidation_port {
             let listen = std::net::SocketAddr::from(([0, 0, 0, 0], port));
-            let on_invalidate = move |ids: Vec<String>| {
-                for id in ids {
-                    let _ = changed.send(SourceChange {
-                        id,
-                        value: None,
-                        refetch: true,
-                    });
-                }
-            };
-            let addr =
-                super::invalidation::serve(listen, embedded.store.clone(), on_invalidate).await?;
+            let counted = metrics.clone();
+            let queue: super::invalidation::Queue = Arc::new(move |ids: Vec<String>| {
+                let named = ids.len() as u64;
+                let fresh = pending.invalidated(ids)?;
+                counted.invalidation("coalesced", named - fresh as u64);
+                Ok(())
+            });
+            let store = embedded.store.clone();
+            let addr = super::invalidation::serve(listen, store, queue, metrics).await?;
             tracing::info!(%addr, "serving Flyte 2's POST /invalidate-secret over plain HTTP");
         }
         tracing::info!(store = ?config.store, "Embedded manager ready");
@@ -174,6 +177,7 @@ impl Embedded {
         }
         Arc::new(Self {
             store: Arc::new(Store::new(backend, None)),
+            store_name: "in-memory",
             authority: arc_swap::ArcSwap::from_pointee(authority),
             namespaces: reader,
             pulls: None,
@@ -208,29 +212,50 @@ impl Embedded {
             .map(drop)
     }
 
-    /// `secret-store.lookup`: one id in one scope, for the pod `asker` describes. An id whose
-    /// scope that pod may not read is refused before the store is asked, whatever the policy.
-    pub async fn lookup(&self, asker: &Asker<'_>, id: &str) -> Result<Option<Vec<u8>>, String> {
+    /// The namespaces whose pods may read `scope`'s secrets, as the settings in service say: where
+    /// its mirrors may be, and the only places they are kept in line.
+    pub fn entitled_namespaces(&self, scope: &Scope) -> Vec<String> {
+        self.namespaces
+            .state()
+            .iter()
+            .filter_map(|namespace| namespace.metadata.name.clone())
+            .filter(|namespace| self.grant(namespace, None, scope).is_ok())
+            .collect()
+    }
+
+    /// A source's current value, for a follower (no review, no deadline of its own).
+    pub async fn read_source(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        self.store.get(id).await
+    }
+
+    /// Which store this is, for messages: K8s, AWS, GCP or Azure.
+    pub fn store_name(&self) -> &'static str {
+        self.store_name
+    }
+
+    /// `secret-store.lookup`: one id in one scope, for the pod `asker` describes, by the review's
+    /// `deadline`. An id whose scope that pod may not read is refused before the store is asked,
+    /// whatever the policy.
+    pub async fn lookup(
+        &self,
+        asker: &Asker<'_>,
+        id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Vec<u8>>, String> {
         let Some((scope, _)) = parse_secret_id(id) else {
             return Err(format!("{id:?} is not a secret id"));
         };
         self.grant(asker.namespace, Some(asker.creator), &scope)
             .map_err(|reason| format!("not read for this pod: {reason}"))?;
-        self.read(id).await
-    }
-
-    /// One id's value, within [`LOOKUP_TIMEOUT`].
-    async fn read(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
-        // Outside a runtime (a benchmark's own executor) there is no timer, and nothing to wait on.
-        let read = match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::time::timeout(LOOKUP_TIMEOUT, self.store.get(id)).await,
-            Err(_) => Ok(self.store.get(id).await),
-        };
-        match read {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(format!("{err:#}")),
-            Err(_) => Err(format!(
-                "the store did not answer within {LOOKUP_TIMEOUT:?}"
+        let by = deadline.checked_sub(ANSWER_MARGIN).unwrap_or(deadline);
+        let started = tokio::time::Instant::now();
+        match crate::policy::by_deadline(by, self.store.get(id)).await {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(err)) => Err(format!("{err:#}")),
+            None => Err(format!(
+                "the {} store did not answer within {:?}, what the review's deadline left",
+                self.store_name,
+                by.saturating_duration_since(started)
             )),
         }
     }
@@ -324,125 +349,6 @@ impl Embedded {
     }
 }
 
-/// Brings the mirrors of every changed source in line, in every namespace (a mirror is looked
-/// for by name: the webhook may not list Secrets outside the source namespace). An invalidated id
-/// is read again first.
-///
-/// Every replica sees the K8s store's watch, so only the elected one follows what it reports
-/// (else each change costs a patch per namespace per replica). An invalidation reaches only the
-/// replicas it is posted to: each follows it, elected or not. A replica elected follows again
-/// what it left to the previous one lately: that one may have gone before following it.
-async fn follow_sources(
-    client: kube::Client,
-    embedded: Arc<Embedded>,
-    mut changes: mpsc::UnboundedReceiver<SourceChange>,
-    leadership: Leadership,
-) {
-    let mut elections = leadership.subscribe();
-    let mut left = LeftToLeader::default();
-    loop {
-        tokio::select! {
-            change = changes.recv() => {
-                let Some(change) = change else { return };
-                if !change.refetch && !leadership.leads() {
-                    tracing::debug!(
-                        id = change.id,
-                        "not elected: the elected replica follows this source"
-                    );
-                    left.note(change.id);
-                    continue;
-                }
-                follow_source(&client, &embedded, change).await;
-            }
-            Ok(()) = elections.changed() => {
-                let elected = *elections.borrow_and_update();
-                let ids = if elected { left.take() } else { Default::default() };
-                if !ids.is_empty() {
-                    tracing::info!(
-                        sources = ids.len(),
-                        "elected: following the source changes left to the previous leader"
-                    );
-                }
-                for id in ids {
-                    let change = SourceChange { id, value: None, refetch: true };
-                    follow_source(&client, &embedded, change).await;
-                }
-            }
-        }
-    }
-}
-
-/// The source ids a replica left to the elected one in the last [`LeftToLeader::WINDOW`]: a
-/// leader that goes keeps its Lease for up to 20 s, and what it saw in its last moments may not
-/// have been followed.
-#[derive(Default)]
-struct LeftToLeader(std::collections::VecDeque<(Instant, String)>);
-
-impl LeftToLeader {
-    const WINDOW: Duration = Duration::from_secs(120);
-
-    fn note(&mut self, id: String) {
-        while self
-            .0
-            .front()
-            .is_some_and(|(seen, _)| seen.elapsed() >= Self::WINDOW)
-        {
-            self.0.pop_front();
-        }
-        self.0.push_back((Instant::now(), id));
-    }
-
-    /// The ids left within the window, each once.
-    fn take(&mut self) -> std::collections::BTreeSet<String> {
-        std::mem::take(&mut self.0)
-            .into_iter()
-            .filter(|(seen, _)| seen.elapsed() < Self::WINDOW)
-            .map(|(_, id)| id)
-            .collect()
-    }
-}
-
-/// Brings one source's mirrors in line with its value, read again when the change asks.
-async fn follow_source(client: &kube::Client, embedded: &Embedded, change: SourceChange) {
-    let value = match change.refetch {
-        false => change.value,
-        true => match embedded.store.get(&change.id).await {
-            Ok(value) => value,
-            Err(err) => {
-                tracing::warn!(
-                    id = change.id,
-                    error = format!("{err:#}"),
-                    "reading a source again"
-                );
-                return;
-            }
-        },
-    };
-    let Some((scope, _)) = parse_secret_id(&change.id) else {
-        return;
-    };
-    // Only where the scope's pods may run: a Secret named like a mirror anywhere else is never
-    // filled, whoever labelled it.
-    let names: Vec<String> = embedded
-        .namespaces
-        .state()
-        .iter()
-        .filter_map(|namespace| namespace.metadata.name.clone())
-        .filter(|namespace| embedded.grant(namespace, None, &scope).is_ok())
-        .collect();
-    match mirror::follow_source(client, &names, &change.id, value.as_deref()).await {
-        Ok(0) => {}
-        Ok(changed) => tracing::info!(id = change.id, changed, "mirrors follow their source"),
-        Err(err) => {
-            tracing::warn!(
-                id = change.id,
-                error = format!("{err:#}"),
-                "following a source"
-            )
-        }
-    }
-}
-
 /// A reflector of `api`'s objects, kept current in the background.
 fn reflect<K>(api: Api<K>, what: &'static str) -> reflector::Store<K>
 where
@@ -471,13 +377,13 @@ where
 async fn store(
     client: &kube::Client,
     config: &EmbeddedConfig,
-    changed: mpsc::UnboundedSender<SourceChange>,
+    pending: Arc<Pending>,
 ) -> Result<(Arc<Store>, Option<Arc<K8sBackend>>)> {
     match config.store {
         StoreType::K8s => {
             let (backend, follow) =
                 K8sBackend::start(client.clone(), &config.k8s_namespace, move |change| {
-                    let _ = changed.send(change);
+                    pending.changed(change)
                 });
             tokio::spawn(follow);
             tracing::info!(

@@ -165,7 +165,9 @@ async fn patch_mirror(
     }
 }
 
-/// Brings the mirror of `id` in `namespace` in line with its source; whether it changed.
+/// Brings the mirror of `id` in `namespace` in line with its source, in one request: whether
+/// there is such a mirror. A mirror already in line is left as it is (the API server writes
+/// nothing for a patch that changes nothing).
 async fn follow_in(
     client: &kube::Client,
     namespace: &str,
@@ -174,14 +176,10 @@ async fn follow_in(
 ) -> Result<bool> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let name = name(id);
-    let path = format!("/data/{VALUE_KEY}");
     match value {
         Some(value) => {
             let encoded = serde_json::to_value(ByteString(value.to_vec()))?;
-            let same = serde_json::json!([{"op": "test", "path": path, "value": encoded}]);
-            if patch_mirror(&api, &name, same).await?.is_some() {
-                return Ok(false);
-            }
+            let path = format!("/data/{VALUE_KEY}");
             let set = serde_json::json!([{"op": "add", "path": path, "value": encoded}]);
             Ok(patch_mirror(&api, &name, set).await?.is_some())
         }
@@ -209,7 +207,7 @@ async fn follow_in(
 }
 
 /// Brings every mirror of `id` in `namespaces` in line with its source: the new value, or gone
-/// with it. Returns how many mirrors changed.
+/// with it. Returns how many mirrors there were.
 pub async fn follow_source(
     client: &kube::Client,
     namespaces: &[String],

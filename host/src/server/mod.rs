@@ -1,7 +1,14 @@
-//! The HTTPS server: TLS handshake, HTTP/1.1 or HTTP/2, routing, body limits, and a graceful stop.
+//! The HTTPS server: TLS handshake, HTTP/1.1 or HTTP/2 as ALPN chose, routing, and a graceful
+//! stop; whatever clients send, within the limits of [`connections`] (how many, how long silent
+//! or idle), [`budget`] (the memory reviews in flight may hold) and [`request_body`].
 //!
 //! Routes: `POST /mutate` and Flyte's `POST /mutate--v1-pod` answer AdmissionReviews;
 //! `GET /healthz` says the process is alive; `GET /readyz` says it is serving a policy, and which.
+
+pub mod budget;
+pub mod connections;
+pub mod request_body;
+pub mod side_port;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,17 +22,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use self::budget::{NoRoom, Plan, Reviews};
+use self::connections::{Activity, ConnectionLimits, Gate, supervise, within_first_request};
+use self::request_body::Refusal;
 use crate::admission::{self, Mutator, OnError};
 use crate::health::{self, Describe, Readiness};
 use crate::metrics::Metrics;
-use crate::request_body::{self, Refusal};
+use crate::policy::Call;
 
 /// What the server needs besides the listener and the TLS config.
 pub struct App {
@@ -42,35 +50,51 @@ pub struct App {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
-    /// For the TLS handshake, and for HTTP/1 request headers (slowloris).
-    pub header_timeout: Duration,
+    /// How the memory budget is divided (connections, reviews, guest instances).
+    pub plan: Plan,
+    pub connections: ConnectionLimits,
     /// For a review's whole body, once its headers are in (a slow body holds a connection too).
     pub body_timeout: Duration,
-    /// HTTP/2 streams one connection may have open (rapid-reset floods stay bounded).
-    pub max_streams: u32,
-    /// Reviews being evaluated at once; more wait their turn.
-    pub max_concurrent_reviews: usize,
+    /// From a review's headers to its answer: the registered `timeoutSeconds` less a margin.
+    pub review_deadline: Duration,
+    /// The most memory one guest instance may have, whatever its review was charged.
+    pub guest_memory: usize,
     /// How long a stop waits for requests in flight.
     pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let plan = Plan::new(budget::DEFAULT_BUDGET).expect("the default budget is large enough");
         Self {
             max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
-            header_timeout: Duration::from_secs(10),
+            plan,
+            connections: ConnectionLimits {
+                max: plan.max_connections,
+                first_request: Duration::from_secs(10),
+                idle: Duration::from_secs(120),
+            },
             body_timeout: Duration::from_secs(10),
-            max_streams: 64,
-            max_concurrent_reviews: 64,
+            review_deadline: review_deadline(5),
+            guest_memory: 64 << 20,
             drain_timeout: Duration::from_secs(20),
         }
     }
 }
 
+/// What a review may take of the API server's `timeout_seconds`: the rest is the API server's
+/// call, the network and the answer's way back.
+pub fn review_deadline(timeout_seconds: u32) -> Duration {
+    let whole = Duration::from_secs(u64::from(timeout_seconds.max(1)));
+    let margin = (whole / 5).max(Duration::from_millis(500)).min(whole / 2);
+    whole - margin
+}
+
 struct Shared {
     app: App,
-    /// Evaluation slots; a permit lives as long as its evaluation.
-    reviews: Arc<Semaphore>,
+    reviews: Reviews,
+    gate: Gate,
+    stop: watch::Receiver<bool>,
 }
 
 /// A running server.
@@ -98,11 +122,15 @@ pub async fn spawn(listen: SocketAddr, tls: Arc<ServerConfig>, app: App) -> Resu
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let limits = app.limits;
+    app.metrics.memory(limits.plan.total, 0);
     let shared = Arc::new(Shared {
-        reviews: Arc::new(Semaphore::new(app.limits.max_concurrent_reviews.max(1))),
+        reviews: Reviews::new(&limits.plan),
+        gate: Gate::new("admission", limits.connections.max, app.metrics.clone()),
+        stop: stopped.clone(),
         app,
     });
-    let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(tls),
@@ -118,14 +146,18 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let watcher = graceful.watcher();
-                    tokio::spawn(connection(tcp, peer, acceptor.clone(), shared.clone(), watcher));
-                }
+                // A full port closes the connection at once: queued in the kernel, it would only
+                // wait for a slot past its client's patience.
+                Ok((tcp, peer)) => if let Some(pass) = shared.gate.enter() {
+                    let (shared, acceptor) = (shared.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        connection(tcp, peer, acceptor, &shared).await;
+                        drop(pass);
+                    });
+                },
                 // Out of file descriptors and the like: back off instead of spinning.
                 Err(err) => {
                     tracing::warn!(error = %err, "accept failed");
@@ -138,10 +170,7 @@ async fn accept_loop(
     shared.app.readiness.set_draining();
     drop(listener);
     let drain = shared.app.limits.drain_timeout;
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if !shared.gate.drained(drain).await {
         tracing::warn!(
             ?drain,
             "requests still in flight after the drain timeout; closing"
@@ -149,42 +178,74 @@ async fn accept_loop(
     }
 }
 
+/// One connection, from TLS to its end: HTTP/2 when ALPN chose it, else HTTP/1.1.
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-    watcher: hyper_util::server::graceful::Watcher,
+    shared: &Arc<Shared>,
 ) {
     let _ = tcp.set_nodelay(true);
     let limits = shared.app.limits;
-    let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(err)) => {
+    let activity = Activity::new();
+    let handshake = within_first_request(&activity, &limits.connections, acceptor.accept(tcp));
+    let tls = match handshake.await {
+        Some(Ok(tls)) => tls,
+        Some(Err(err)) => {
             tracing::debug!(%peer, error = %err, "TLS handshake failed");
             return;
         }
-        Err(_) => {
+        None => {
             tracing::debug!(%peer, "TLS handshake timed out");
+            shared.app.metrics.connection_timed_out("first_request");
             return;
         }
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_streams)
-        .max_pending_accept_reset_streams(limits.max_streams as usize)
-        .keep_alive_interval(Duration::from_secs(30));
-    let service = service_fn(move |request| route(shared.clone(), request));
-    let conn = builder
-        .serve_connection(TokioIo::new(tls), service)
-        .into_owned();
-    if let Err(err) = watcher.watch(conn).await {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let requests = activity.clone();
+    let routed = shared.clone();
+    let service = service_fn(move |request| {
+        let in_flight = requests.request();
+        let shared = routed.clone();
+        async move {
+            let response = route(shared, request).await;
+            drop(in_flight);
+            response
+        }
+    });
+    let io = TokioIo::new(tls);
+    let (stop, metrics) = (shared.stop.clone(), &shared.app.metrics);
+    let ended = match h2 {
+        true => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(budget::MAX_STREAMS)
+                .max_pending_accept_reset_streams(budget::MAX_STREAMS as usize)
+                .initial_stream_window_size(budget::STREAM_WINDOW)
+                .initial_connection_window_size(budget::CONNECTION_WINDOW)
+                .max_header_list_size(16 << 10)
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20));
+            let conn = builder.serve_connection(io, service);
+            supervise(conn, &activity, &limits.connections, stop, metrics)
+                .await
+                .map_err(|err| err.to_string())
+        }
+        false => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // The first request's headers are timed by the connection's supervisor, and
+                // idle time between requests too: hyper's timer would cut idle ones at 10 s.
+                .header_read_timeout(None)
+                .max_buf_size(budget::READ_BUFFER)
+                .serve_connection(io, service);
+            supervise(conn, &activity, &limits.connections, stop, metrics)
+                .await
+                .map_err(|err| err.to_string())
+        }
+    };
+    if let Err(err) = ended {
         tracing::debug!(%peer, error = %err, "connection ended with an error");
     }
 }
@@ -220,6 +281,23 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
     let _in_flight = shared.app.metrics.review_started();
     let limits = &shared.app.limits;
     let (parts, body) = request.into_parts();
+    // Room first, for what the body says it is (or the most it may be): a body is read only
+    // into memory the budget has for it.
+    let declared = request_body::declared_length(&parts.headers);
+    let charged = declared
+        .unwrap_or(limits.max_body_bytes as u64)
+        .min(limits.max_body_bytes as u64);
+    let wait = budget::WAIT.min(limits.review_deadline / 4);
+    let room = match shared
+        .reviews
+        .admit(charged, limits.guest_memory, wait)
+        .await
+    {
+        Ok(room) => room,
+        Err(refused) => return no_room(shared, refused, started),
+    };
+    let metrics = &shared.app.metrics;
+    metrics.memory(limits.plan.total, shared.reviews.in_use(&limits.plan));
     let read = request_body::read(
         body,
         &parts.headers,
@@ -230,18 +308,23 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
         Ok(body) => body,
         Err(refusal) => return refused(shared, refusal, parts.version, started),
     };
-    let Ok(slot) = shared.reviews.clone().acquire_owned().await else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down\n".to_owned(),
-        );
-    };
+    let mut call = Call::new(limits.review_deadline, room.cost.guest_memory);
+    call.deadline = tokio::time::Instant::from_std(started) + limits.review_deadline;
     // On this task: a review is cheaper than a hand-off to another thread. A client that gives
-    // up drops this future, which ends the guest call and only then frees its slot.
-    let reply = admission::review(&body, shared.app.mutator.as_ref(), shared.app.on_error).await;
-    drop(slot);
+    // up drops this future, which ends the guest call and only then frees its room.
+    let reply = admission::review(
+        &body,
+        shared.app.mutator.as_ref(),
+        shared.app.on_error,
+        &call,
+    )
+    .await;
+    drop(room);
+    metrics.memory(limits.plan.total, shared.reviews.in_use(&limits.plan));
     log_reply(&reply, started);
-    let metrics = &shared.app.metrics;
+    if reply.timed_out {
+        metrics.deadline_exceeded();
+    }
     metrics.review(reply.verdict, started.elapsed().as_secs_f64());
     for injection in &reply.injections {
         metrics.injected(&injection.manager);
@@ -256,6 +339,30 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
                 "internal error\n".to_owned(),
             )
         })
+}
+
+/// The answer to a review the memory budget has no room for: 503, at once or after a short
+/// wait, so the API server's retry (or the next pod) comes back when the flood has passed.
+fn no_room(shared: &Shared, refused: NoRoom, started: Instant) -> Response<Full<Bytes>> {
+    let plan = &shared.app.limits.plan;
+    let share = match refused.large {
+        true => format!("{} MiB for large reviews", plan.large_reviews >> 20),
+        false => format!("{} MiB", plan.reviews >> 20),
+    };
+    let reason = format!(
+        "the webhook's memory budget has no room for this review ({} KiB with its guest; \
+         reviews in flight hold the {share} they may use)",
+        refused.cost.bytes >> 10
+    );
+    let metrics = &shared.app.metrics;
+    metrics.rejected("memory");
+    metrics.review(admission::Verdict::Invalid, started.elapsed().as_secs_f64());
+    tracing::warn!(status = 503, reason, "request refused");
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
 }
 
 /// One event about a review, with the fields every such line carries.

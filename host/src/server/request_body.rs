@@ -58,7 +58,8 @@ pub async fn read(
     })
 }
 
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
+/// The body's length as its `content-length` says, if it says.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
