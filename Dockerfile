@@ -28,6 +28,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY wit ./wit
 COPY guest ./guest
 COPY host ./host
+COPY e2e ./e2e
+COPY load ./load
 COPY examples ./examples
 
 # ring's C/assembly parts for the musl target.

@@ -1,10 +1,10 @@
 //! Builds the default policy (`guest/component`) for wasm32-wasip2 so the binary can embed it, and
-//! the policies the tests need: the hostile one (`guest/testing`) and the example
+//! the policies the tests need: the hostile one (`guest/hostile`) and the example
 //! (`examples/annotating-policy`). One cargo invocation builds all three in parallel.
 //!
 //! A second invocation builds the Kubewarden policy (`guest/kubewarden`) for wasm32-wasip1: waPC
 //! hosts load core modules, not components, so it needs the other target. It comes out annotated
-//! (its metadata is compiled in), so it is copied as is, for `tests/kubewarden.rs`.
+//! (its metadata is compiled in), so it is copied as is, for `tests/it/kubewarden.rs`.
 //!
 //! The guest gets its own target directory: the outer build holds the lock on the usual one.
 //! Variables cargo sets for build scripts (and clippy's wrapper) are cleared so the inner build is

@@ -2,15 +2,16 @@
 //! they share: the settings they run under, the global secrets, a native [`Mutator`] for the
 //! host's admission code, and the invariants every mutation must keep.
 //!
-//! `fuzz_targets/*.rs` only hand libFuzzer's bytes to these functions; host/tests/fuzz_checks.rs
+//! `fuzz_targets/*.rs` only hand libFuzzer's bytes to these functions; host/tests/it/fuzz_checks.rs
 //! includes this file to replay fuzz/regressions and the fixtures through the same checks in
 //! `cargo test`, so the checks cannot drift from CI.
 
 use base64::Engine as _;
 use secrets_policy::annotations::{ANNOTATION_PREFIX, base32_encode, decode_value, encode_value};
 use secrets_policy::{Decision, Outcome, Secret, Settings, decide, mutate_json, prototext};
-use secrets_webhook::admission::{Mutator, OnError, Verdict, review};
-use secrets_webhook::policy::{self, Review};
+use secrets_webhook::admission::{Verdict, review};
+use secrets_webhook::config::OnError;
+use secrets_webhook::policy::{self, Mutation, Mutator, Review};
 use serde_json::Value;
 
 /// The annotation decoder, base32 → UTF-8 → protobuf text → `Secret`, on arbitrary bytes. Besides
@@ -319,11 +320,7 @@ pub struct NativeMutator {
 }
 
 impl Mutator for NativeMutator {
-    fn mutate<'a>(
-        &'a self,
-        review: &'a Review,
-        _call: &'a policy::Call,
-    ) -> secrets_webhook::admission::Mutation<'a> {
+    fn mutate<'a>(&'a self, review: &'a Review, _call: &'a policy::Call) -> Mutation<'a> {
         let outcome = policy::outcome_of(mutate_json(&self.settings, &review.object, &globals));
         Box::pin(std::future::ready(Ok(outcome)))
     }

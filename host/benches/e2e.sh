@@ -15,7 +15,7 @@ seconds=${1:-10}
 connections=${CONNECTIONS:-16}
 out=target/bench-e2e
 rm -rf "$out" && mkdir -p "$out"
-cargo build --release -p secrets-webhook --bins
+cargo build --release -p secrets-webhook -p secrets-webhook-load --bins
 bin=target/release/secrets-webhook
 load=target/release/secrets-webhook-load
 kubewarden_wasm=$PWD/target/wasm-guest/wasm32-wasip1/release/secrets_policy_kubewarden.wasm

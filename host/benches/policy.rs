@@ -15,8 +15,8 @@ use secrets_webhook::secrets::embedded::Embedded;
 use secrets_webhook::secrets::store::Backend;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use secrets_webhook::admission::Mutator;
 use secrets_webhook::global_secrets::GlobalSecrets;
+use secrets_webhook::policy::Mutator;
 use secrets_webhook::policy::{self, Active, Limits, Native, Review, Runtime, UserInfo};
 
 fn review(name: &str) -> Review {

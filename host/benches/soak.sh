@@ -14,7 +14,7 @@ rate=${2:-300}
 warmup=${3:-60}
 out=target/soak
 rm -rf "$out" && mkdir -p "$out"
-cargo build --release -p secrets-webhook --bins
+cargo build --release -p secrets-webhook -p secrets-webhook-load --bins
 bin=target/release/secrets-webhook
 port=19543
 "$bin" serve --local --cert-dir "$out/certs" --listen "127.0.0.1:$port" \

@@ -9,30 +9,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::policy::{Call, Injection, Outcome, PolicyFailure, Review, UserInfo};
+use crate::config::OnError;
+use crate::policy::{Call, Injection, Mutator, Outcome, Review, UserInfo};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
-
-/// What to do with a pod whose secrets cannot be injected, or when the policy fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Refuse the pod with a message naming the secret and the reason.
-    #[default]
-    Deny,
-    /// Admit the pod unchanged with a warning (Flyte 1's behaviour).
-    Allow,
-}
-
-/// Anything that answers reviews: the wasm policy, or the library called natively.
-pub trait Mutator: Send + Sync {
-    fn mutate<'a>(&'a self, review: &'a Review, call: &'a Call) -> Mutation<'a>;
-}
-
-/// A review being answered; dropping it ends the policy call.
-pub type Mutation<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Outcome, PolicyFailure>> + Send + 'a>>;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -126,6 +107,19 @@ pub enum Verdict {
     Invalid,
 }
 
+impl Verdict {
+    /// As the `outcome` label of `secrets_webhook_reviews_total` names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Patched => "patched",
+            Self::Unchanged => "unchanged",
+            Self::Denied => "denied",
+            Self::Failed => "error",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
 /// The answer to one HTTP request carrying an AdmissionReview.
 #[derive(Debug)]
 pub struct Reply {
@@ -194,7 +188,7 @@ pub async fn review(body: &[u8], mutator: &dyn Mutator, on_error: OnError, call:
             groups: request.user_info.groups.clone(),
         },
     };
-    let answered = crate::policy::by_deadline(call.deadline, mutator.mutate(&review, call)).await;
+    let answered = crate::deadline::by_deadline(call.deadline, mutator.mutate(&review, call)).await;
     let mut reply = match answered {
         Some(Ok(outcome)) => outcome_response(uid, outcome, on_error),
         Some(Err(failure)) => refusal(uid, Verdict::Failed, 500, failure.to_string(), on_error),
@@ -386,6 +380,7 @@ fn encode(http_status: u16, uid: String, verdict: Verdict, mut response: Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Mutation;
     use std::time::Duration;
 
     /// A policy whose store never answers: it says what it waits on, then waits.

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -10,18 +9,14 @@ use base64::Engine as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::admission::{self, OnError, Verdict};
+use crate::admission::{self, Verdict};
 use crate::certs::secret::{CertSecret, Trust};
 use crate::cluster::controller;
 use crate::cluster::registration::{self, WebhookTarget};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, OnError, Overrides};
 use crate::global_secrets::GlobalSecrets;
-use crate::health::{self, Readiness};
-use crate::metrics::Metrics;
 use crate::policy::{self, Active, Runtime};
-use crate::reload::Reloader;
-use crate::secrets::embedded::Embedded;
-use crate::{certs, server, tls};
+use crate::{certs, serve, server};
 
 #[derive(Parser)]
 #[command(
@@ -401,7 +396,8 @@ fn run(command: Command) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(*args))?;
+            let options = serve_options(*args)?;
+            runtime.block_on(serve::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Mutate(args) => mutate(args),
@@ -419,7 +415,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Policy(PolicyCommand::Check { file, config }) => {
             let config = Config::load(config.as_deref(), &Overrides::default())?;
             let runtime = Runtime::new(policy::Limits::default())?;
-            let policy = runtime.compile(&read_policy(&file)?)?;
+            let policy = runtime.compile(&policy::source::read(&file)?)?;
             policy::admit(&policy, &config.settings)?;
             println!(
                 "ok: {} implements {} (sha256 {})",
@@ -445,233 +441,56 @@ fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-fn read_policy(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading policy {}", path.display()))
-}
-
-/// The wasm runtime the flags ask for, with `slots` guest instances alive at most.
-fn runtime(args: &PolicyArgs, slots: u32) -> Result<Runtime> {
-    let limits = policy::Limits {
-        memory_bytes: args.policy_memory_mib << 20,
-        deadline: Duration::from_millis(args.policy_timeout_ms),
-        max_concurrent: slots,
-    };
-    let cache = match &args.policy_cache_dir {
+/// The policy the flags choose.
+fn policy_source(args: &PolicyArgs) -> policy::Source {
+    let cache_dir = match &args.policy_cache_dir {
         Some(dir) if dir == Path::new("none") => None,
         Some(dir) => Some(dir.clone()),
-        None => Some(std::env::temp_dir().join("secrets-webhook-cache")),
+        None => Some(policy::Source::default_cache_dir()),
     };
-    let runtime = Runtime::new(limits)?;
-    Ok(match cache {
-        Some(dir) => runtime.with_cache(dir),
-        None => runtime,
-    })
+    policy::Source {
+        file: args.policy.clone(),
+        memory_bytes: args.policy_memory_mib << 20,
+        timeout: Duration::from_millis(args.policy_timeout_ms),
+        cache_dir,
+    }
 }
 
-/// Builds the policy in service from the flags and the configuration.
-fn activate(
-    args: &PolicyArgs,
-    config: &Config,
-    runtime: &Runtime,
-    embedded: Option<Arc<Embedded>>,
-) -> Result<Arc<Active>> {
-    let compiled = match &args.policy {
-        Some(path) => runtime.compile(&read_policy(path)?)?,
-        None => runtime.compile(policy::EMBEDDED)?,
+/// `serve`'s flags as options.
+fn serve_options(args: ServeArgs) -> Result<serve::Options> {
+    let certs = match (args.certs, &args.webhook.ca_injected_from) {
+        (CertSource::Files, _) => serve::CertSource::Files,
+        (CertSource::External, _) | (CertSource::Managed, Some(_)) => serve::CertSource::External,
+        (CertSource::Managed, None) => serve::CertSource::Managed,
     };
-    let globals = GlobalSecrets::load(&config.global_secrets).context("reading global secrets")?;
-    tracing::info!(
-        policy = compiled.digest(),
-        global_secrets = globals.len(),
-        "policy ready"
-    );
-    let active = Active::new(compiled, &config.settings, globals)?;
-    Ok(Arc::new(active.with_embedded(embedded)))
-}
-
-/// The Embedded manager's store, when the settings use it. It needs an API server even in
-/// local mode: its values live in the cluster.
-async fn embedded(
-    config: &Config,
-    leadership: crate::cluster::Leadership,
-    metrics: Arc<Metrics>,
-) -> Result<Option<Arc<Embedded>>> {
-    let Some(embedded) = &config.embedded else {
-        return Ok(None);
+    let cluster = serve::InCluster {
+        certs,
+        secret: cert_secret(&args.cluster, &args.cert_args)?,
+        lease: format!("{}-leader", args.cluster.service_name),
+        target: (!args.no_register).then(|| webhook_target(&args.cluster, &args.webhook, None)),
     };
-    let authority = policy::authority(&config.settings)?;
-    let client = kube::Client::try_default().await.context(
-        "the Embedded manager reads secrets from the cluster: no Kubernetes API server found \
-         (in-cluster, KUBECONFIG or ~/.kube/config)",
-    )?;
-    Ok(Some(
-        Embedded::start(client, embedded, authority, leadership, metrics).await?,
-    ))
-}
-
-/// Whether a Kubernetes API server can be found the usual ways: in-cluster, `KUBECONFIG`, or
-/// `~/.kube/config`.
-fn cluster_configured() -> bool {
-    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-        return true;
-    }
-    if let Some(paths) = std::env::var_os("KUBECONFIG") {
-        return std::env::split_paths(&paths).any(|p| p.is_file());
-    }
-    std::env::var_os("HOME").is_some_and(|home| Path::new(&home).join(".kube/config").is_file())
-}
-
-async fn serve(args: ServeArgs) -> Result<()> {
-    let local = args.local || !cluster_configured();
-    let overrides = Overrides {
-        listen: args.listen,
-        cert_dir: args.cluster.cert_dir.clone(),
-        on_error: args.policy.on_error,
-        max_body_bytes: args.max_body_bytes,
-        global_secrets_dir: args.policy.global_secrets_dir.clone(),
-        local,
-    };
-    let config = Config::load(args.policy.config.as_deref(), &overrides)?;
-    for warning in crate::config::warnings(&config.settings, args.client_ca.is_some()) {
-        tracing::warn!("{warning}");
-    }
-    if local {
-        if certs::ensure_local(&config.cert_dir)? {
-            tracing::info!(dir = %config.cert_dir.display(), "made a local CA and a certificate for localhost");
-        }
-        let ca = config.cert_dir.join(certs::CA_FILE);
-        tracing::info!(ca = %ca.display(), "local mode: no registration; clients should trust this CA");
-    }
-    let limits = server_limits(&args, &config)?;
-    tracing::info!(
-        budget_mib = limits.plan.total >> 20,
-        connections = limits.connections.max,
-        reviews_mib = limits.plan.reviews >> 20,
-        guest_slots = limits.plan.guest_slots,
-        review_deadline = ?limits.review_deadline,
-        "memory budget divided"
-    );
-    let runtime = runtime(&args.policy, limits.plan.guest_slots)?;
-    // Alone in local mode; in a cluster, the election decides.
-    let leadership = crate::cluster::Leadership::new(local);
-    let metrics = Arc::new(Metrics::default());
-    let embedded = embedded(&config, leadership.clone(), metrics.clone()).await?;
-    let active = activate(&args.policy, &config, &runtime, embedded.clone())?;
-    metrics.policy_in_service(&active.digest());
-    let registering = !local && !args.no_register;
-    if args.policy.policy_timeout_ms as u128 >= limits.review_deadline.as_millis() {
-        bail!(
-            "--policy-timeout-ms ({}) must be below the review's deadline ({:?}: the webhook's \
-             --timeout-seconds {} less a margin)",
-            args.policy.policy_timeout_ms,
-            limits.review_deadline,
-            args.webhook.timeout_seconds
-        );
-    }
-    let readiness = Arc::new(Readiness::new(registering));
-    let describe: health::Describe = {
-        let active = active.clone();
-        Arc::new(move || active.digest())
-    };
-    if let Some(listen) = args.metrics_listen {
-        let addr =
-            health::serve(listen, metrics.clone(), readiness.clone(), describe.clone()).await?;
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz over plain HTTP");
-    }
-
-    let cluster = match local {
-        true => None,
-        false => Some(
-            cluster_setup(
-                &args,
-                &config,
-                readiness.clone(),
-                metrics.clone(),
-                leadership,
-            )
-            .await?,
-        ),
-    };
-    let certs = match &cluster {
-        Some(cluster) => cluster.store.clone(),
-        None => {
-            let certs = tls::CertStore::open(&config.cert_dir)?;
-            tokio::spawn(
-                certs
-                    .clone()
-                    .watch(Duration::from_secs(10), metrics.clone()),
-            );
-            certs
-        }
-    };
-    let tls = tls::server_config(certs, args.client_ca.as_deref())?;
-    tokio::spawn(refresh_globals(
-        active.clone(),
-        config.global_secrets.clone(),
-    ));
-    let mut reloader = Reloader::new(
-        runtime,
-        active.clone(),
-        args.policy.policy.clone(),
-        args.policy.config.clone(),
-        overrides,
-        metrics.clone(),
-    );
-    reloader.embedded = config.embedded.clone();
-    reloader.client_ca = args.client_ca.is_some();
-    reloader.started = Some(config.clone());
-    tokio::spawn(Arc::new(reloader).run(Duration::from_secs(args.reload_poll_seconds.max(1))));
-
-    let mutator: Arc<dyn admission::Mutator> = if args.native_policy {
-        tracing::warn!("--native-policy: the library runs unsandboxed; for benchmarks only");
-        let services = policy::Services {
-            globals: Arc::new(GlobalSecrets::load(&config.global_secrets)?),
-            embedded,
-        };
-        Arc::new(policy::Native::new(&config.settings, services)?)
-    } else {
-        active
-    };
-    let app = server::App {
-        mutator,
-        describe_policy: describe,
-        on_error: config.on_error,
-        limits,
-        readiness: readiness.clone(),
-        metrics: metrics.clone(),
-    };
-    let handle = server::spawn(config.listen, tls, app).await?;
-    readiness.set_serving();
-    let running = cluster.map(crate::cluster::Prepared::launch);
-    tracing::info!(addr = %handle.local_addr(), "serving AdmissionReviews on /mutate and /mutate--v1-pod");
-    stop_signal().await;
-    tracing::info!("stopping: draining requests in flight");
-    readiness.set_draining();
-    handle.shutdown().await;
-    if let Some(running) = running {
-        running.stop().await;
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// The server's limits: the memory budget divided, the connections' timeouts, the review's
-/// deadline from the registered `timeoutSeconds`.
-fn server_limits(args: &ServeArgs, config: &Config) -> Result<server::Limits> {
-    let budget = args.memory_budget.unwrap_or(server::budget::DEFAULT_BUDGET);
-    let plan = server::budget::Plan::new(budget)?;
-    let defaults = server::Limits::default();
-    Ok(server::Limits {
-        max_body_bytes: config.max_body_bytes,
-        plan,
-        connections: server::connections::ConnectionLimits {
-            max: args.max_connections.unwrap_or(plan.max_connections),
-            first_request: Duration::from_secs(args.first_request_seconds.max(1)),
-            idle: Duration::from_secs(args.idle_seconds.max(1)),
+    Ok(serve::Options {
+        config: args.policy.config.clone(),
+        overrides: Overrides {
+            listen: args.listen,
+            cert_dir: args.cluster.cert_dir.clone(),
+            on_error: args.policy.on_error,
+            max_body_bytes: args.max_body_bytes,
+            global_secrets_dir: args.policy.global_secrets_dir.clone(),
+            local: args.local,
         },
-        review_deadline: server::review_deadline(args.webhook.timeout_seconds as u32),
-        guest_memory: args.policy.policy_memory_mib << 20,
-        ..defaults
+        policy: policy_source(&args.policy),
+        local: args.local,
+        native_policy: args.native_policy,
+        client_ca: args.client_ca,
+        metrics_listen: args.metrics_listen,
+        reload_poll: Duration::from_secs(args.reload_poll_seconds.max(1)),
+        memory_budget: args.memory_budget.unwrap_or(server::budget::DEFAULT_BUDGET),
+        max_connections: args.max_connections,
+        first_request: Duration::from_secs(args.first_request_seconds.max(1)),
+        idle: Duration::from_secs(args.idle_seconds.max(1)),
+        timeout_seconds: args.webhook.timeout_seconds as u32,
+        cluster,
     })
 }
 
@@ -733,44 +552,6 @@ fn cert_secret(cluster: &ClusterArgs, certs: &CertArgs) -> Result<CertSecret> {
         lifetimes,
         identity: controller::identity(),
     })
-}
-
-/// Where `serve` gets its certificate in a cluster, and what it keeps there.
-async fn cluster_setup(
-    args: &ServeArgs,
-    config: &Config,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-    leadership: crate::cluster::Leadership,
-) -> Result<crate::cluster::Prepared> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
-    let certs = match (args.certs, &args.webhook.ca_injected_from) {
-        (CertSource::Files, _) => crate::cluster::Certs::Files(config.cert_dir.clone()),
-        (CertSource::External, _) | (CertSource::Managed, Some(_)) => {
-            crate::cluster::Certs::External
-        }
-        (CertSource::Managed, None) => crate::cluster::Certs::Managed,
-    };
-    let target = (!args.no_register).then(|| {
-        webhook_target(
-            &args.cluster,
-            &args.webhook,
-            config.namespace_selector.clone(),
-        )
-    });
-    let setup = crate::cluster::Setup {
-        client,
-        secret: cert_secret(&args.cluster, &args.cert_args)?,
-        certs,
-        lease: format!("{}-leader", args.cluster.service_name),
-        target,
-        readiness,
-        metrics,
-        leadership,
-    };
-    setup.prepare().await
 }
 
 async fn init_certs(args: InitCertsArgs) -> Result<ExitCode> {
@@ -863,44 +644,6 @@ async fn unregister(args: ClusterArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Re-reads global secrets now and then: mounted Secrets change without a restart.
-async fn refresh_globals(active: Arc<Active>, source: crate::global_secrets::Source) {
-    let mut ticks = tokio::time::interval(Duration::from_secs(30));
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        let source = source.clone();
-        match tokio::task::spawn_blocking(move || GlobalSecrets::load(&source)).await {
-            Ok(Ok(globals)) => active.set_globals(globals),
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "re-reading global secrets failed; keeping the old ones")
-            }
-            Err(err) => tracing::warn!(error = %err, "re-reading global secrets failed"),
-        }
-    }
-}
-
-async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 fn read_input(path: &Path) -> Result<String> {
     if path == Path::new("-") {
         Ok(std::io::read_to_string(std::io::stdin())?)
@@ -945,11 +688,13 @@ fn mutate(args: MutateArgs) -> Result<ExitCode> {
         .cloned()
         .unwrap_or(Value::Null);
     // Offline: no store, so the Embedded manager refuses every secret it is asked for.
-    let runtime = runtime(&args.policy, policy::Limits::default().max_concurrent)?;
-    let active = activate(&args.policy, &config, &runtime, None)?;
+    let source = policy_source(&args.policy);
+    let runtime = source.runtime(policy::Limits::default().max_concurrent)?;
+    let globals = GlobalSecrets::load(&config.global_secrets).context("reading global secrets")?;
+    let active = Active::new(source.compile(&runtime)?, &config.settings, globals)?;
     let reply = policy::block_on(admission::review(
         &serde_json::to_vec(&review)?,
-        active.as_ref(),
+        &active,
         config.on_error,
         &policy::Call::unbounded(),
     ));

@@ -12,7 +12,6 @@ use serde::Deserialize;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::admission::OnError;
 use crate::global_secrets;
 
 /// Flyte's default certificate directory.
@@ -174,6 +173,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The `webhook:` section as JSON: the policy's settings.
     pub settings: String,
+    /// The same, as the policy library reads them, parsed once here for the host's own use
+    /// (the Embedded store, the scope authority, warnings); `None` when the library does not
+    /// read them (a policy of one's own may take other keys).
+    pub library_settings: Option<secrets_policy::Settings>,
     pub global_secrets: global_secrets::Source,
     /// Which namespaces the webhook serves (Flyte's `namespaceSelector`), besides the built-in
     /// exclusion of its own namespace and kube-system.
@@ -209,6 +212,17 @@ impl Config {
     }
 }
 
+/// What to do with a pod whose secrets cannot be injected, or when the policy fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Refuse the pod with a message naming the secret and the reason.
+    #[default]
+    Deny,
+    /// Admit the pod unchanged with a warning (Flyte 1's behaviour).
+    Allow,
+}
+
 /// Flag values; `None` means "not given", so the file or the default applies.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -239,7 +253,11 @@ impl Config {
         } else {
             serde_json::from_value(webhook.clone()).context("reading the webhook: section")?
         };
-        let embedded = embedded_config(&webhook, &host)?;
+        let library_settings = match webhook.is_object() {
+            true => secrets_policy::Settings::from_json(&webhook.to_string()).ok(),
+            false => None,
+        };
+        let embedded = embedded_config(library_settings.as_ref(), &host)?;
         let default_cert_dir = if flags.local {
             LOCAL_CERT_DIR
         } else {
@@ -261,6 +279,7 @@ impl Config {
                 .or(host.max_request_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
             settings: serde_json::to_string(&webhook)?,
+            library_settings,
             namespace_selector: host.namespace_selector,
             embedded,
             global_secrets: global_secrets::Source {
@@ -278,8 +297,8 @@ impl Config {
 
 /// What an operator must hear about settings that are valid but weaken the webhook, at start and
 /// on every reload that puts them in service.
-pub fn warnings(settings: &str, client_ca: bool) -> Vec<&'static str> {
-    let Ok(settings) = secrets_policy::Settings::from_json(settings) else {
+pub fn warnings(settings: Option<&secrets_policy::Settings>, client_ca: bool) -> Vec<&'static str> {
+    let Some(settings) = settings else {
         return Vec::new();
     };
     if !settings.uses_embedded() {
@@ -306,11 +325,11 @@ pub fn warnings(settings: &str, client_ca: bool) -> Vec<&'static str> {
 }
 
 /// The Embedded manager's store, when the settings (as the policy library reads them) use it.
-fn embedded_config(webhook: &serde_json::Value, host: &HostKeys) -> Result<Option<EmbeddedConfig>> {
-    let uses = webhook.is_object()
-        && secrets_policy::Settings::from_json(&webhook.to_string())
-            .is_ok_and(|settings| settings.uses_embedded());
-    if !uses {
+fn embedded_config(
+    settings: Option<&secrets_policy::Settings>,
+    host: &HostKeys,
+) -> Result<Option<EmbeddedConfig>> {
+    if !settings.is_some_and(secrets_policy::Settings::uses_embedded) {
         return Ok(None);
     }
     let keys = &host.embedded_secret_manager_config;

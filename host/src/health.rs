@@ -1,25 +1,20 @@
-//! Readiness, and the plain-HTTP port that serves `/metrics`, `/healthz` and `/readyz` to the
-//! kubelet and Prometheus without TLS.
+//! Readiness, and the answers to `/healthz` and `/readyz` both ports give (the admission port
+//! over TLS, the metrics port in plain HTTP).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result};
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use tokio::net::TcpListener;
+use http::StatusCode;
 
-use crate::metrics::Metrics;
-
-/// Whether the webhook should get traffic: it is serving (and registered, when it registers) and
-/// not shutting down.
+/// Whether the webhook should get traffic: it is serving (and registered, when it registers), no
+/// task it cannot do without has ended, and it is not shutting down.
 pub struct Readiness {
     serving: AtomicBool,
     registered: AtomicBool,
     draining: AtomicBool,
+    /// The vital task that ended, if one did.
+    failed: Mutex<Option<&'static str>>,
 }
 
 impl Default for Readiness {
@@ -35,7 +30,17 @@ impl Readiness {
             serving: AtomicBool::new(false),
             registered: AtomicBool::new(!needs_registration),
             draining: AtomicBool::new(false),
+            failed: Mutex::new(None),
         }
+    }
+
+    /// A task the replica cannot serve correctly without has ended: it stays unready.
+    pub fn set_failed(&self, task: &'static str) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+
+    fn failed(&self) -> Option<&'static str> {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set_registered(&self) {
@@ -54,18 +59,21 @@ impl Readiness {
         self.serving.load(Ordering::SeqCst)
             && self.registered.load(Ordering::SeqCst)
             && !self.draining.load(Ordering::SeqCst)
+            && self.failed().is_none()
     }
 
     /// Why not ready, for `/readyz`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> String {
         if self.draining.load(Ordering::SeqCst) {
-            "shutting down"
+            "shutting down".to_owned()
+        } else if let Some(task) = self.failed() {
+            format!("task {task} ended; this replica cannot serve correctly without it")
         } else if !self.serving.load(Ordering::SeqCst) {
-            "starting"
+            "starting".to_owned()
         } else if !self.registered.load(Ordering::SeqCst) {
-            "waiting for the webhook configuration to be applied"
+            "waiting for the webhook configuration to be applied".to_owned()
         } else {
-            "ready"
+            "ready".to_owned()
         }
     }
 }
@@ -90,65 +98,4 @@ pub fn probe(
         )),
         _ => None,
     }
-}
-
-/// Serves the plain-HTTP port until the process ends.
-pub async fn serve(
-    listen: SocketAddr,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
-    describe: Describe,
-) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the metrics port {listen}"))?;
-    let addr = listener.local_addr()?;
-    let counted = metrics.clone();
-    crate::server::side_port::spawn(
-        listener,
-        "metrics",
-        counted,
-        move |request: Request<Incoming>, _| {
-            let response = answer(&request, &metrics, &readiness, &describe);
-            std::future::ready(response)
-        },
-    );
-    Ok(addr)
-}
-
-fn answer(
-    request: &Request<Incoming>,
-    metrics: &Metrics,
-    readiness: &Readiness,
-    describe: &Describe,
-) -> Response<Full<Bytes>> {
-    let path = request.uri().path();
-    let (status, content_type, body) = if request.method() != Method::GET {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n".to_owned(),
-        )
-    } else if path == "/metrics" {
-        (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        )
-    } else if let Some((status, body)) = probe(path, readiness, describe) {
-        (status, "text/plain; charset=utf-8", body)
-    } else {
-        (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_owned(),
-        )
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
 }

@@ -1,7 +1,10 @@
 //! secrets-webhook: a Kubernetes mutating admission webhook that injects Flyte secrets into pods.
 //!
-//! A request flows one way: [`server`] (TLS from [`tls`], HTTP) → [`admission`] (AdmissionReview
-//! v1) → [`policy`] (the wasm guest, with [`global_secrets`]) → JSON Patch → AdmissionResponse.
+//! A review flows one way: [`server`] (TLS from [`tls`], HTTP, the memory budget) → [`admission`]
+//! (AdmissionReview v1) → [`policy`] (the wasm guest; its imports read [`global_secrets`] and the
+//! Embedded manager's store in [`secrets`], and the mirrors its patch refers to are written before
+//! the answer) → [`patch`] (checked) → AdmissionResponse. Everything else runs beside it as a
+//! task of [`serve`]'s, supervised by [`tasks`]. docs/architecture.md has the map.
 
 pub mod admission;
 
@@ -9,14 +12,18 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod deadline;
 pub mod global_secrets;
 pub mod health;
+pub mod leadership;
 pub mod metrics;
 pub mod patch;
 pub mod policy;
 pub mod reload;
 pub mod secrets;
+pub mod serve;
 pub mod server;
+pub mod tasks;
 pub mod tls;
 pub mod watch;
 

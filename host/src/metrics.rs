@@ -1,4 +1,5 @@
-//! Prometheus metrics, served in plain HTTP on `--metrics-listen` with `/healthz` and `/readyz`.
+//! The process's Prometheus metrics, recorded from plain values by the rooms that see them and
+//! encoded for `/metrics` (served by `server::metrics_port`).
 
 use std::sync::atomic::AtomicU64;
 
@@ -8,8 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::admission::Verdict;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -29,6 +28,12 @@ struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabels {
     port: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +105,7 @@ pub struct Metrics {
     unapplied: Family<KeyLabels, Counter>,
     review_memory: Gauge,
     memory_budget: Gauge,
+    task_ends: Family<TaskLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -233,6 +239,12 @@ impl Default for Metrics {
             "The memory budget (--memory-budget): what the process keeps whatever clients send",
             memory_budget.clone(),
         );
+        let task_ends = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "task_ends",
+            "Long-lived tasks that ended or panicked, by task and outcome (restarted; unready: the replica stopped being ready)",
+            task_ends.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -254,19 +266,14 @@ impl Default for Metrics {
             unapplied,
             review_memory,
             memory_budget,
+            task_ends,
         }
     }
 }
 
 impl Metrics {
-    pub fn review(&self, verdict: Verdict, seconds: f64) {
-        let outcome = match verdict {
-            Verdict::Patched => "patched",
-            Verdict::Unchanged => "unchanged",
-            Verdict::Denied => "denied",
-            Verdict::Failed => "error",
-            Verdict::Invalid => "invalid",
-        };
+    /// Counts a review answered with `outcome` (patched, unchanged, denied, error, invalid).
+    pub fn review(&self, outcome: &'static str, seconds: f64) {
         self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
         self.duration.observe(seconds);
     }
@@ -311,16 +318,13 @@ impl Metrics {
         self.cert_expiry.set(unix_seconds);
     }
 
-    /// The CAs in `ca_pem` replace those reported before.
-    pub fn trusted_cas(&self, ca_pem: &str) {
+    /// The trusted CAs, by subject, serial and expiry (Unix time), replace those reported before.
+    pub fn trusted_cas(&self, cas: impl IntoIterator<Item = (String, String, i64)>) {
         self.ca_expiry.clear();
-        for ca in crate::certs::certificates(ca_pem) {
+        for (subject, serial, not_after) in cas {
             self.ca_expiry
-                .get_or_create(&CaLabels {
-                    subject: ca.subject,
-                    serial: ca.serial,
-                })
-                .set(ca.not_after as f64);
+                .get_or_create(&CaLabels { subject, serial })
+                .set(not_after as f64);
         }
     }
 
@@ -377,6 +381,13 @@ impl Metrics {
             .set(i64::try_from(reviews).unwrap_or(i64::MAX));
     }
 
+    /// Counts a long-lived task that ended: `restarted` or `unready`.
+    pub fn task_ended(&self, task: &'static str, outcome: &'static str) {
+        self.task_ends
+            .get_or_create(&TaskLabels { task, outcome })
+            .inc();
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -393,8 +404,8 @@ mod tests {
     #[test]
     fn exposition_names_every_metric() {
         let metrics = Metrics::default();
-        metrics.review(Verdict::Patched, 0.0002);
-        metrics.review(Verdict::Denied, 0.0003);
+        metrics.review("patched", 0.0002);
+        metrics.review("denied", 0.0003);
         metrics.injected("Vault");
         metrics.injected("vault");
         metrics.injected("Global");
@@ -403,23 +414,23 @@ mod tests {
         metrics.policy_in_service("abc");
         metrics.policy_in_service("def");
         metrics.cert_expires_at(1.9e9);
-        let names = ["a.example".to_owned()];
-        let old = crate::certs::generate(&names, crate::certs::Lifetimes::default()).unwrap();
-        let new = crate::certs::generate(&names, crate::certs::Lifetimes::default()).unwrap();
-        metrics.trusted_cas(&old.ca_pem);
-        metrics.trusted_cas(&format!("{}{}", new.ca_pem, new.ca_pem));
+        let ca = |serial: &str| {
+            (
+                "CN=secrets-webhook CA".to_owned(),
+                serial.to_owned(),
+                1_900_000_000,
+            )
+        };
+        metrics.trusted_cas([ca("01:aa")]);
+        // The same CA twice (a bundle that repeats it) is one series; the old one is gone.
+        metrics.trusted_cas([ca("02:bb"), ca("02:bb")]);
         metrics.renewal("serving", true);
         metrics.renewal("ca", false);
         metrics.set_leader(true);
         let text = metrics.encode();
-        let ca = crate::certs::certificates(&new.ca_pem).remove(0);
-        let ca_line = format!(
-            "secrets_webhook_ca_expiry_timestamp_seconds{{subject=\"{}\",serial=\"{}\"}} {}",
-            ca.subject, ca.serial, ca.not_after
-        );
-        assert_eq!(text.matches(&ca_line).count(), 1, "{text}");
-        let old_serial = crate::certs::certificates(&old.ca_pem).remove(0).serial;
-        assert!(!text.contains(&old_serial), "{text}");
+        let ca_line = "secrets_webhook_ca_expiry_timestamp_seconds{subject=\"CN=secrets-webhook CA\",serial=\"02:bb\"} 1900000000";
+        assert_eq!(text.matches(ca_line).count(), 1, "{text}");
+        assert!(!text.contains("01:aa"), "{text}");
         for line in [
             "secrets_webhook_reviews_total{outcome=\"patched\"} 1",
             "secrets_webhook_reviews_total{outcome=\"denied\"} 1",

@@ -77,7 +77,7 @@ impl Reloader {
                  restart the webhook to apply them"
             );
         }
-        let settings = config.settings;
+        let settings = config.settings.clone();
         let wasm = match &self.policy {
             Some(path) => {
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
@@ -100,9 +100,10 @@ impl Reloader {
         } else {
             self.runtime.compile(&wasm).map(Arc::new)
         };
-        match candidate.and_then(|policy| self.active.replace(policy, &settings)) {
+        let parsed = config.library_settings.as_ref();
+        match candidate.and_then(|policy| self.active.replace(policy, &settings, parsed)) {
             Ok(()) => {
-                for warning in crate::config::warnings(&settings, self.client_ca) {
+                for warning in crate::config::warnings(parsed, self.client_ca) {
                     tracing::warn!("{warning}");
                 }
                 *rejected = None;

@@ -13,10 +13,15 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// Wakes its owner on changes. Dropping it stops the file watch.
 pub struct Changes {
     woken: mpsc::Receiver<()>,
-    wake: mpsc::Sender<()>,
     poll: tokio::time::Interval,
+    hangups: Option<Hangups>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = std::future::Pending<()>;
 
 impl Changes {
     /// Watches the directories of `files` and ticks every `poll`.
@@ -27,39 +32,41 @@ impl Changes {
         let mut poll = tokio::time::interval(poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         Self {
-            _watcher: watch(&dirs, wake.clone()),
+            _watcher: watch(&dirs, wake),
             woken,
-            wake,
             poll,
+            hangups: None,
         }
     }
 
     /// Also wakes on SIGHUP.
-    pub fn on_hangup(self) -> Self {
+    pub fn on_hangup(mut self) -> Self {
         #[cfg(unix)]
         {
-            let wake = self.wake.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                    return;
-                };
-                while hangups.recv().await.is_some() {
-                    tracing::info!("SIGHUP: reloading");
-                    let _ = wake.try_send(());
-                }
-            });
+            use tokio::signal::unix::{SignalKind, signal};
+            self.hangups = signal(SignalKind::hangup()).ok();
         }
         self
     }
 
-    /// Waits for the next event or poll tick.
+    /// Waits for the next event, SIGHUP or poll tick.
     pub async fn next(&mut self) {
         tokio::select! {
             Some(()) = self.woken.recv() => tokio::time::sleep(SETTLE).await,
+            Some(()) = hangup(&mut self.hangups) => tracing::info!("SIGHUP: reloading"),
             _ = self.poll.tick() => {}
         }
         while self.woken.try_recv().is_ok() {}
+    }
+}
+
+async fn hangup(hangups: &mut Option<Hangups>) -> Option<()> {
+    match hangups {
+        #[cfg(unix)]
+        Some(hangups) => hangups.recv().await,
+        #[cfg(not(unix))]
+        Some(hangups) => Some(hangups.await),
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Counterexamples the property tests (tests/properties.rs) found, kept so that CI keeps
 //! checking them. Crashes of the cargo-fuzz targets are kept in fuzz/regressions/ and replayed by
-//! host/tests/fuzz_checks.rs through the fuzz targets' own checks.
+//! host/tests/it/fuzz_checks.rs through the fuzz targets' own checks.
 
 use serde_json::{Value, json};
 

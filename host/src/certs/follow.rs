@@ -13,10 +13,10 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 
+use super::CertStore;
 use super::issue::Bundle;
 use super::secret::{self, CertSecret, Trust};
 use crate::metrics::Metrics;
-use crate::tls::CertStore;
 
 /// The bundle to start serving with. A replica that finds no Secret makes it (a create: of
 /// racing replicas one wins and the others read its bundle); renewing an existing one is the
@@ -46,6 +46,7 @@ pub async fn initial(api: &Api<Secret>, spec: &CertSecret, create: bool) -> Resu
 }
 
 /// Where a followed Secret's news goes.
+#[derive(Clone)]
 pub struct Followers {
     pub store: Arc<CertStore>,
     pub metrics: Arc<Metrics>,
@@ -55,7 +56,7 @@ pub struct Followers {
     pub poke: mpsc::Sender<()>,
 }
 
-/// Watches Secret `name` until the process ends; the watcher retries with backoff on errors.
+/// Watches Secret `name`; the watcher retries with backoff on errors, so it never ends.
 pub async fn follow(api: Api<Secret>, name: String, to: Followers) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config).default_backoff().boxed();
@@ -97,7 +98,9 @@ fn seen(name: &str, bundle: Bundle, to: &Followers) {
     if let Some(expiry) = super::expiry(&to.store.serving_pem()) {
         to.metrics.cert_expires_at(expiry as f64);
     }
-    to.metrics.trusted_cas(&bundle.ca_pem);
+    let cas = super::certificates(&bundle.ca_pem).into_iter();
+    to.metrics
+        .trusted_cas(cas.map(|ca| (ca.subject, ca.serial, ca.not_after)));
     to.latest.send_replace(Some(bundle));
     let _ = to.poke.try_send(());
 }

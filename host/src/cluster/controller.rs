@@ -15,12 +15,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube_lease_manager::LeaseManagerBuilder;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::registration::{self, WebhookTarget};
 use crate::certs::secret::{self, CertSecret, Outcome, Trust};
 use crate::certs::{self, Bundle};
 use crate::metrics::Metrics;
+use crate::tasks::stopped;
 
 /// Even with nothing to do, look again this often.
 const TICK: Duration = Duration::from_secs(300);
@@ -56,21 +57,27 @@ pub struct Controller {
     pub target: Option<WebhookTarget>,
     pub ca: CaSource,
     pub metrics: Arc<Metrics>,
-    pub leadership: super::Leadership,
+    pub leadership: crate::leadership::Leadership,
 }
 
 impl Controller {
-    /// Runs until `stop`; `pokes` are the watches saying "something changed". On stop the
-    /// Lease is released: no replica waits for a holder that is gone (those already waiting
-    /// look again when the old term would have ended, at most `LEASE_SECONDS` later).
-    pub async fn run(self, pokes: mpsc::Receiver<()>, mut stop: oneshot::Receiver<()>) {
+    /// Runs until `stop`; `pokes` are the watches saying "something changed" (shared with the
+    /// next start, should this one end). On stop the Lease is released: no replica waits for a
+    /// holder that is gone (those already waiting look again when the old term would have
+    /// ended, at most `LEASE_SECONDS` later).
+    pub async fn run(
+        self: Arc<Self>,
+        pokes: Arc<tokio::sync::Mutex<mpsc::Receiver<()>>>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let mut pokes = pokes.lock().await;
         let (leading, lease) = tokio::select! {
             elected = self.elect() => elected,
-            _ = &mut stop => return,
+            () = stopped(stop.clone()) => return,
         };
         tokio::select! {
-            () = self.lead(leading, pokes) => {}
-            _ = stop => {}
+            () = self.lead(leading, &mut pokes) => {}
+            () = stopped(stop) => {}
         }
         // `lead` is gone and its receiver with it: the lease task releases the Lease and ends.
         self.set_leader(false);
@@ -93,7 +100,7 @@ impl Controller {
         self.leadership.set(leading);
     }
 
-    async fn lead(&self, mut leading: watch::Receiver<bool>, mut pokes: mpsc::Receiver<()>) {
+    async fn lead(&self, mut leading: watch::Receiver<bool>, pokes: &mut mpsc::Receiver<()>) {
         loop {
             while !*leading.borrow_and_update() {
                 tokio::select! {

@@ -1,23 +1,25 @@
 //! The webhook's life in a cluster: its MutatingWebhookConfiguration ([`registration`]) and the
-//! elected replica that keeps it and the certificate Secret as they should be ([`controller`]).
+//! elected replica that keeps it and the certificate Secret as they should be ([`controller`]),
+//! which also sets whether this replica leads ([`Leadership`]) for the rest of the process.
 
 pub mod controller;
 pub mod registration;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
+use crate::certs::CertStore;
 use crate::certs::secret::CertSecret;
 use crate::certs::{self, Followers};
 use crate::health::Readiness;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
-use crate::tls::CertStore;
+use crate::tasks::{OnEnd, Tasks};
 use controller::{CaSource, Controller};
 use registration::WebhookTarget;
 
@@ -30,30 +32,6 @@ pub enum Certs {
     External,
     /// Files in a directory.
     Files(PathBuf),
-}
-
-/// Whether this replica is the elected one, for work one replica should do for all (the
-/// Embedded manager's mirror upkeep). A replica that runs no election leads itself.
-#[derive(Clone)]
-pub struct Leadership(Arc<watch::Sender<bool>>);
-
-impl Leadership {
-    pub fn new(leading: bool) -> Self {
-        Self(Arc::new(watch::Sender::new(leading)))
-    }
-
-    pub fn set(&self, leading: bool) {
-        self.0.send_replace(leading);
-    }
-
-    pub fn leads(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Tells of every change of leadership from now on.
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.0.subscribe()
-    }
 }
 
 /// What `serve` runs in a cluster.
@@ -119,26 +97,11 @@ impl Setup {
     }
 }
 
-/// The watches and the controller, running; [`Running::stop`] releases the Lease.
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    controller: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Running {
-    /// Stops the controller and waits (briefly) until it has left the election.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(controller) = self.controller.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
-        }
-    }
-}
-
 impl Prepared {
-    pub fn launch(self) -> Running {
+    /// Registers the certificate's follower, the configuration's watch and (when something is
+    /// elected) the controller with `tasks`. Each is restarted if it ends; the controller gives
+    /// up its Lease on stop.
+    pub fn launch(self, tasks: &mut Tasks) {
         let Prepared {
             setup,
             store,
@@ -146,40 +109,43 @@ impl Prepared {
             ca,
         } = self;
         let (poke, pokes) = mpsc::channel(1);
+        let metrics = setup.metrics.clone();
         match latest {
             Some(latest) => {
                 let api: Api<Secret> =
                     Api::namespaced(setup.client.clone(), &setup.secret.namespace);
                 let to = Followers {
                     store,
-                    metrics: setup.metrics.clone(),
+                    metrics,
                     latest,
                     poke: poke.clone(),
                 };
-                tokio::spawn(certs::follow(api, setup.secret.name.clone(), to));
+                let name = setup.secret.name.clone();
+                tasks.spawn("certificate follower", OnEnd::Restart, move || {
+                    certs::follow(api.clone(), name.clone(), to.clone())
+                });
             }
-            None => {
-                tokio::spawn(store.watch(Duration::from_secs(10), setup.metrics.clone()));
-            }
+            None => store.start_watch(tasks, metrics),
         }
         if let Some(target) = &setup.target {
-            tokio::spawn(registration::watch(
-                setup.client.clone(),
-                target.name.clone(),
-                setup.readiness.clone(),
-                poke,
-            ));
+            let (client, name) = (setup.client.clone(), target.name.clone());
+            let readiness = setup.readiness.clone();
+            tasks.spawn("registration watch", OnEnd::Restart, move || {
+                registration::watch(
+                    client.clone(),
+                    name.clone(),
+                    readiness.clone(),
+                    poke.clone(),
+                )
+            });
         }
         let managed = matches!(setup.certs, Certs::Managed);
         if !managed && setup.target.is_none() {
             // No election: this replica does its share of the upkeep itself.
             setup.leadership.set(true);
-            return Running {
-                stop: None,
-                controller: None,
-            };
+            return;
         }
-        let controller = Controller {
+        let controller = Arc::new(Controller {
             client: setup.client,
             lease: (setup.secret.namespace.clone(), setup.lease),
             identity: setup.secret.identity.clone(),
@@ -188,11 +154,10 @@ impl Prepared {
             ca,
             metrics: setup.metrics,
             leadership: setup.leadership,
-        };
-        let (stop, stopped) = oneshot::channel();
-        Running {
-            stop: Some(stop),
-            controller: Some(tokio::spawn(controller.run(pokes, stopped))),
-        }
+        });
+        let pokes = Arc::new(tokio::sync::Mutex::new(pokes));
+        tasks.spawn_graceful("controller", OnEnd::Restart, move |stop| {
+            controller.clone().run(pokes.clone(), stop)
+        });
     }
 }

@@ -25,9 +25,10 @@ use super::k8s::K8sBackend;
 use super::mirror::{self, Mirror};
 use super::scope::{Scope, parse_secret_id};
 use super::store::{Backend, Store};
-use crate::cluster::Leadership;
 use crate::config::{EmbeddedConfig, StoreType};
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
+use crate::tasks::{OnEnd, Tasks};
 
 /// What a lookup leaves of its review's deadline, for the policy to answer with what it learnt
 /// (which store, which secret) before the review itself runs out.
@@ -39,6 +40,8 @@ const SWEEP_GRACE: Duration = Duration::from_secs(600);
 
 pub struct Embedded {
     store: Arc<Store>,
+    /// Source ids waiting for the follower.
+    pending: Arc<Pending>,
     store_name: &'static str,
     /// Who may read which scope: the settings in service say (they change on reload).
     authority: arc_swap::ArcSwap<Authority>,
@@ -95,25 +98,28 @@ impl Written {
 }
 
 impl Embedded {
-    /// Starts the store's backend, the namespace reflector, the mirrors' upkeep and, when
-    /// configured, the invalidation endpoint. Returns once the store and the namespaces are
-    /// listed: before that every secret would look missing.
+    /// Starts the store's backend, the namespace reflector and the mirrors' upkeep, registered
+    /// with `tasks`. Returns once the store and the namespaces are listed: before that every
+    /// secret would look missing.
     pub async fn start(
         client: kube::Client,
         config: &EmbeddedConfig,
         authority: Authority,
-        leadership: Leadership,
-        metrics: Arc<Metrics>,
+        tasks: &mut Tasks,
     ) -> Result<Arc<Self>> {
         // Source ids seen to change: by the K8s store's watch, or named by an invalidation.
         let pending = Arc::new(Pending::default());
-        let (store, listed) = store(&client, config, pending.clone()).await?;
-        let namespaces = reflect(Api::<Namespace>::all(client.clone()), "namespaces");
+        let (store, listed) = store(&client, config, pending.clone(), tasks).await?;
+        let namespaces = reflect(
+            Api::<Namespace>::all(client.clone()),
+            "namespace reflector",
+            tasks,
+        );
         let pulls = config.image_pull_secrets.then(|| {
             let api = Api::<Secret>::namespaced(client.clone(), &config.k8s_namespace);
             (
                 config.k8s_namespace.clone(),
-                reflect(api, "image pull Secrets"),
+                reflect(api, "image pull Secret reflector", tasks),
             )
         });
         let ready = async {
@@ -132,6 +138,7 @@ impl Embedded {
             .context("listing the secrets source and the namespaces")?;
         let embedded = Arc::new(Self {
             store,
+            pending,
             store_name: config.store.name(),
             authority: arc_swap::ArcSwap::from_pointee(authority),
             namespaces,
@@ -139,29 +146,37 @@ impl Embedded {
             client: Some(client.clone()),
             written: Written::default(),
         });
-        tokio::spawn(super::follow::run(
-            client.clone(),
-            embedded.clone(),
-            pending.clone(),
-            leadership.clone(),
-            metrics.clone(),
-        ));
-        tokio::spawn(sweep(client, leadership));
-        if let Some(port) = config.invalidation_port {
-            let listen = std::net::SocketAddr::from(([0, 0, 0, 0], port));
-            let counted = metrics.clone();
-            let queue: super::invalidation::Queue = Arc::new(move |ids: Vec<String>| {
-                let named = ids.len() as u64;
-                let fresh = pending.invalidated(ids)?;
-                counted.invalidation("coalesced", named - fresh as u64);
-                Ok(())
-            });
-            let store = embedded.store.clone();
-            let addr = super::invalidation::serve(listen, store, queue, metrics).await?;
-            tracing::info!(%addr, "serving Flyte 2's POST /invalidate-secret over plain HTTP");
-        }
         tracing::info!(store = ?config.store, "Embedded manager ready");
         Ok(embedded)
+    }
+
+    /// Registers with `tasks` the mirrors' upkeep: the follower that carries source changes to
+    /// mirrors, and the elected replica's sweep of unused ones. Both are restarted if they end.
+    pub fn start_upkeep(
+        self: &Arc<Self>,
+        leadership: Leadership,
+        metrics: Arc<Metrics>,
+        tasks: &mut Tasks,
+    ) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let (embedded, swept) = (self.clone(), client.clone());
+        let elected = leadership.clone();
+        tasks.spawn("mirror follower", OnEnd::Restart, move || {
+            let pending = embedded.pending.clone();
+            let (client, leadership) = (client.clone(), leadership.clone());
+            super::follow::run(
+                client,
+                embedded.clone(),
+                pending,
+                leadership,
+                metrics.clone(),
+            )
+        });
+        tasks.spawn("mirror sweep", OnEnd::Restart, move || {
+            sweep(swept.clone(), elected.clone())
+        });
     }
 
     /// A store and namespaces held in memory, with no cluster to write mirrors to: the request
@@ -177,6 +192,7 @@ impl Embedded {
         }
         Arc::new(Self {
             store: Arc::new(Store::new(backend, None)),
+            pending: Arc::default(),
             store_name: "in-memory",
             authority: arc_swap::ArcSwap::from_pointee(authority),
             namespaces: reader,
@@ -228,6 +244,23 @@ impl Embedded {
         self.store.get(id).await
     }
 
+    /// The store, whose cached values an invalidation drops.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Where invalidated ids go: the follower's queue, each id once however often it is named
+    /// (counted as coalesced in `metrics`).
+    pub fn invalidation_queue(&self, metrics: Arc<Metrics>) -> super::invalidation::Queue {
+        let pending = self.pending.clone();
+        Arc::new(move |ids: Vec<String>| {
+            let named = ids.len() as u64;
+            let fresh = pending.invalidated(ids)?;
+            metrics.invalidation("coalesced", named - fresh as u64);
+            Ok(())
+        })
+    }
+
     /// Which store this is, for messages: K8s, AWS, GCP or Azure.
     pub fn store_name(&self) -> &'static str {
         self.store_name
@@ -249,7 +282,7 @@ impl Embedded {
             .map_err(|reason| format!("not read for this pod: {reason}"))?;
         let by = deadline.checked_sub(ANSWER_MARGIN).unwrap_or(deadline);
         let started = tokio::time::Instant::now();
-        match crate::policy::by_deadline(by, self.store.get(id)).await {
+        match crate::deadline::by_deadline(by, self.store.get(id)).await {
             Some(Ok(value)) => Ok(value),
             Some(Err(err)) => Err(format!("{err:#}")),
             None => Err(format!(
@@ -350,7 +383,9 @@ impl Embedded {
 }
 
 /// A reflector of `api`'s objects, kept current in the background.
-fn reflect<K>(api: Api<K>, what: &'static str) -> reflector::Store<K>
+/// A reflector of `api`, registered with `tasks` as `name`: the replica's view goes stale
+/// without it, so its end turns the replica unready.
+fn reflect<K>(api: Api<K>, name: &'static str, tasks: &mut Tasks) -> reflector::Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -365,11 +400,11 @@ where
         .default_backoff()
         .for_each(move |event| {
             if let Err(err) = event {
-                tracing::warn!(error = %err, "watching {what}");
+                tracing::warn!(error = %err, "{name}");
             }
             std::future::ready(())
         });
-    tokio::spawn(events);
+    tasks.spawn_once(name, events);
     reader
 }
 
@@ -378,6 +413,7 @@ async fn store(
     client: &kube::Client,
     config: &EmbeddedConfig,
     pending: Arc<Pending>,
+    tasks: &mut Tasks,
 ) -> Result<(Arc<Store>, Option<Arc<K8sBackend>>)> {
     match config.store {
         StoreType::K8s => {
@@ -385,7 +421,7 @@ async fn store(
                 K8sBackend::start(client.clone(), &config.k8s_namespace, move |change| {
                     pending.changed(change)
                 });
-            tokio::spawn(follow);
+            tasks.spawn_once("K8s store watch", follow);
             tracing::info!(
                 source = config.k8s_namespace,
                 "secrets from Kubernetes Secrets"
@@ -435,10 +471,12 @@ const CLOUD_TTL: Duration = Duration::from_secs(300);
 
 /// Removes mirrors no pod refers to; the elected replica only. Finding them takes listing
 /// Secrets in every namespace, which deploy/ grants only with the `embedded-sweep` component:
-/// without it the sweep stops after saying so once, and mirrors live until their source goes.
+/// without it the sweep says so once and tries again each round (the grant may come), and
+/// mirrors live until their source goes.
 async fn sweep(client: kube::Client, leadership: Leadership) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     every.tick().await;
+    let mut said_forbidden = false;
     loop {
         every.tick().await;
         if !leadership.leads() {
@@ -448,8 +486,9 @@ async fn sweep(client: kube::Client, leadership: Leadership) {
             Ok(0) => {}
             Ok(swept) => tracing::info!(swept, "unused mirrors removed"),
             Err(err) if forbidden(&err) => {
-                tracing::info!("mirror sweep off: this ServiceAccount may not list Secrets");
-                return;
+                if !std::mem::replace(&mut said_forbidden, true) {
+                    tracing::info!("mirror sweep off: this ServiceAccount may not list Secrets");
+                }
             }
             Err(err) => tracing::warn!(error = format!("{err:#}"), "sweeping mirrors"),
         }

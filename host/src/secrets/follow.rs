@@ -20,7 +20,7 @@ use super::embedded::Embedded;
 use super::k8s::SourceChange;
 use super::mirror;
 use super::scope::parse_secret_id;
-use crate::cluster::Leadership;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 
 /// Invalidated ids that may wait at once; a caller naming more is told to come back.

@@ -3,32 +3,24 @@
 //! secret, so cached values of all three scopes go at once instead of at their TTL. Plain HTTP
 //! on `cacheInvalidationPort` (9444), as Flyte 2's webhook serves it.
 //!
-//! The endpoint is unauthenticated, as Flyte 2's is, so what a caller can make the webhook do is
-//! bounded: the ids it names wait in the followers' queue once however often they are posted
-//! ([`super::follow::Pending`]), the queue is bounded (503 when full), and each source address may
-//! post [`RATE`] a second on average (429 beyond).
+//! This is what a request means (Flyte 2's answers, and the ids it invalidates); the port that
+//! serves it, unauthenticated as Flyte 2's is and so bounded in what a caller can make the
+//! webhook do, is the server's invalidation port. The ids wait in the followers' queue once
+//! however often they are posted ([`super::follow::Pending`]).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, Result};
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http::{Method, StatusCode};
 use serde::Deserialize;
-use tokio::net::TcpListener;
 
 use super::scope::Scope;
 use super::store::Store;
-use crate::metrics::Metrics;
-use crate::server::side_port::BODY_TIMEOUT;
 
 pub const PATH: &str = "/invalidate-secret";
+
+/// Where an invalidation's ids go: the followers' queue. `Err` when it is full.
+pub type Queue =
+    std::sync::Arc<dyn Fn(Vec<String>) -> Result<(), super::follow::QueueFull> + Send + Sync>;
 /// An invalidation is four short names.
-const MAX_BODY: usize = 16 * 1024;
+pub const MAX_BODY: usize = 16 * 1024;
 
 #[derive(Deserialize)]
 struct Invalidation {
@@ -98,130 +90,19 @@ pub fn handle(
     (StatusCode::OK, "ok".to_owned(), ids)
 }
 
-/// Invalidations a source address may post a second, on average, and at once.
-pub const RATE: f64 = 10.0;
-pub const BURST: f64 = 50.0;
-/// Addresses remembered for the rate limit; beyond, those quiet longest are forgotten.
-const ADDRESSES: usize = 4096;
-
-/// A token bucket per source address.
-#[derive(Default)]
-pub struct RateLimit(Mutex<HashMap<IpAddr, (f64, Instant)>>);
-
-impl RateLimit {
-    /// Whether `peer` may post now (taking one token).
-    pub fn allow(&self, peer: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut buckets = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= ADDRESSES && !buckets.contains_key(&peer) {
-            // Full buckets are those quiet for BURST / RATE seconds: forgetting them changes nothing.
-            let quiet = Duration::from_secs_f64(BURST / RATE);
-            buckets.retain(|_, (_, at)| now.duration_since(*at) < quiet);
-            if buckets.len() >= ADDRESSES {
-                return false;
-            }
-        }
-        let (tokens, at) = buckets.entry(peer).or_insert((BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * RATE).min(BURST);
-        *at = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
-    }
-}
-
-/// Where an invalidation's ids go: the followers' queue. `Err` when it is full.
-pub type Queue = Arc<dyn Fn(Vec<String>) -> Result<(), super::follow::QueueFull> + Send + Sync>;
-
-/// Serves invalidations on `addr` until the process ends, queueing the invalidated ids for the
-/// followers; returns the bound address.
-pub async fn serve(
-    addr: SocketAddr,
-    store: Arc<Store>,
-    queue: Queue,
-    metrics: Arc<Metrics>,
-) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the cache invalidation port {addr}"))?;
-    let bound = listener.local_addr()?;
-    let limit = Arc::new(RateLimit::default());
-    let counted = metrics.clone();
-    crate::server::side_port::spawn(
-        listener,
-        "invalidation",
-        counted,
-        move |request: Request<Incoming>, peer: SocketAddr| {
-            let (store, queue, limit, metrics) =
-                (store.clone(), queue.clone(), limit.clone(), metrics.clone());
-            async move {
-                if !limit.allow(peer.ip()) {
-                    metrics.rejected("rate");
-                    let why = format!("too many invalidations from {}; slow down", peer.ip());
-                    return text(StatusCode::TOO_MANY_REQUESTS, why);
-                }
-                let (response, ids) = answer(&store, request).await;
-                if !ids.is_empty() && queue(ids).is_err() {
-                    metrics.rejected("pending");
-                    let why = "too many invalidations waiting; try again".to_owned();
-                    return text(StatusCode::SERVICE_UNAVAILABLE, why);
-                }
-                response
-            }
-        },
-    );
-    Ok(bound)
-}
-
-async fn answer(store: &Store, request: Request<Incoming>) -> (Response<Full<Bytes>>, Vec<String>) {
-    let (parts, body) = request.into_parts();
-    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect());
-    let (status, text, ids) = match collected.await {
-        Ok(Ok(body)) => handle(store, &parts.method, parts.uri.path(), &body.to_bytes()),
-        Ok(Err(_)) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body too large".to_owned(),
-            Vec::new(),
-        ),
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            format!("body not received within {BODY_TIMEOUT:?}"),
-            Vec::new(),
-        ),
-    };
-    (self::text(status, text), ids)
-}
-
-fn text(status: StatusCode, text: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    *response.status_mut() = status;
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::secrets::store::Backend;
     use futures::future::BoxFuture;
+    use std::sync::Arc;
 
     struct Nothing;
 
     impl Backend for Nothing {
-        fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
             Box::pin(async { Ok(None) })
         }
-    }
-
-    #[test]
-    fn each_address_gets_its_own_bucket() {
-        let limit = RateLimit::default();
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let allowed = (0..200).filter(|_| limit.allow(a)).count();
-        // The burst, and what trickled in meanwhile.
-        assert!((50..=52).contains(&allowed), "{allowed}");
-        assert!(limit.allow(b), "another address is not slowed by the first");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 pub mod budget;
 pub mod connections;
+pub mod invalidation_port;
+pub mod metrics_port;
 pub mod request_body;
 pub mod side_port;
 
@@ -30,10 +32,13 @@ use tokio_rustls::TlsAcceptor;
 use self::budget::{NoRoom, Plan, Reviews};
 use self::connections::{Activity, ConnectionLimits, Gate, supervise, within_first_request};
 use self::request_body::Refusal;
-use crate::admission::{self, Mutator, OnError};
+use crate::admission;
+use crate::config::OnError;
 use crate::health::{self, Describe, Readiness};
 use crate::metrics::Metrics;
 use crate::policy::Call;
+use crate::policy::Mutator;
+use crate::tasks::Tasks;
 
 /// What the server needs besides the listener and the TLS config.
 pub struct App {
@@ -97,7 +102,56 @@ struct Shared {
     stop: watch::Receiver<bool>,
 }
 
-/// A running server.
+/// The admission port, bound and ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: App,
+}
+
+/// Binds `listen` for the admission port.
+pub async fn bind(listen: SocketAddr, tls: Arc<ServerConfig>, app: App) -> Result<Server> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    Ok(Server {
+        listener,
+        acceptor: TlsAcceptor::from(tls),
+        app,
+    })
+}
+
+impl Server {
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `stop` turns true, then stops accepting, fails `/readyz` and lets requests
+    /// in flight finish.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let limits = self.app.limits;
+        self.app.metrics.memory(limits.plan.total, 0);
+        let shared = Arc::new(Shared {
+            reviews: Reviews::new(&limits.plan),
+            gate: Gate::new(
+                "admission",
+                limits.connections.max,
+                self.app.metrics.clone(),
+            ),
+            stop: stop.clone(),
+            app: self.app,
+        });
+        accept_loop(self.listener, self.acceptor, shared, stop).await;
+    }
+
+    /// Registers the admission port with `tasks`: the replica cannot serve without it, so its
+    /// end turns the replica unready.
+    pub fn start(self, tasks: &mut Tasks) {
+        tasks.spawn_once_graceful("admission server", |stop| self.run(stop));
+    }
+}
+
+/// A server running on its own, for tests and benchmarks; [`Handle::shutdown`] stops it.
 pub struct Handle {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -118,25 +172,10 @@ impl Handle {
 
 /// Binds `listen` and serves until [`Handle::shutdown`].
 pub async fn spawn(listen: SocketAddr, tls: Arc<ServerConfig>, app: App) -> Result<Handle> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
+    let server = bind(listen, tls, app).await?;
+    let addr = server.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let limits = app.limits;
-    app.metrics.memory(limits.plan.total, 0);
-    let shared = Arc::new(Shared {
-        reviews: Reviews::new(&limits.plan),
-        gate: Gate::new("admission", limits.connections.max, app.metrics.clone()),
-        stop: stopped.clone(),
-        app,
-    });
-    let task = tokio::spawn(accept_loop(
-        listener,
-        TlsAcceptor::from(tls),
-        shared,
-        stopped,
-    ));
+    let task = tokio::spawn(server.run(stopped));
     Ok(Handle { addr, stop, task })
 }
 
@@ -144,7 +183,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
@@ -164,7 +203,7 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stopped.changed() => break,
+            () = crate::tasks::stopped(stop.clone()) => break,
         }
     }
     shared.app.readiness.set_draining();
@@ -325,7 +364,7 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
     if reply.timed_out {
         metrics.deadline_exceeded();
     }
-    metrics.review(reply.verdict, started.elapsed().as_secs_f64());
+    metrics.review(reply.verdict.label(), started.elapsed().as_secs_f64());
     for injection in &reply.injections {
         metrics.injected(&injection.manager);
     }
@@ -356,7 +395,10 @@ fn no_room(shared: &Shared, refused: NoRoom, started: Instant) -> Response<Full<
     );
     let metrics = &shared.app.metrics;
     metrics.rejected("memory");
-    metrics.review(admission::Verdict::Invalid, started.elapsed().as_secs_f64());
+    metrics.review(
+        admission::Verdict::Invalid.label(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::warn!(status = 503, reason, "request refused");
     let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
     response
@@ -444,7 +486,7 @@ fn refused(
     shared
         .app
         .metrics
-        .review(admission::Verdict::Invalid, elapsed.as_secs_f64());
+        .review(admission::Verdict::Invalid.label(), elapsed.as_secs_f64());
     let mut response = text(status, format!("{reason}\n"));
     // HTTP/2 ends just the stream, and forbids the header.
     if unread && version <= http::Version::HTTP_11 {

@@ -19,57 +19,81 @@ use tokio::sync::watch;
 
 use super::connections::{Activity, ConnectionLimits, Gate, supervise};
 use crate::metrics::Metrics;
+use crate::tasks::{OnEnd, Tasks};
 
 /// How long a side port waits for a request's body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a side port reads into memory at once (HTTP/1's read buffer).
 const READ_BUFFER: usize = 16 << 10;
 
-/// Serves HTTP/1.1 on `listener` until the process ends, answering each request with `answer`,
-/// which is told the caller's address. `port` names it in metrics.
-pub fn spawn<A, F>(listener: TcpListener, port: &'static str, metrics: Arc<Metrics>, answer: A)
+/// Registers side port `port` with `tasks`: HTTP/1.1 on `listener`, each request answered by
+/// `answer`, which is told the caller's address. Restarted on the same listener if it ends.
+pub fn start<A, F>(
+    tasks: &mut Tasks,
+    listener: TcpListener,
+    port: &'static str,
+    metrics: Arc<Metrics>,
+    answer: A,
+) where
+    A: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = Arc::new(listener);
+    let name = match port {
+        "metrics" => "metrics port",
+        _ => "invalidation port",
+    };
+    let gate = Arc::new(Gate::new(
+        port,
+        ConnectionLimits::side_port().max,
+        metrics.clone(),
+    ));
+    tasks.spawn(name, OnEnd::Restart, move || {
+        let (listener, gate) = (listener.clone(), gate.clone());
+        serve(listener, gate, metrics.clone(), answer.clone())
+    });
+}
+
+/// Accepts connections on `listener`, answering each with `answer`. Side ports end with the
+/// replica, after the admission port has drained: nothing stops them before.
+async fn serve<A, F>(listener: Arc<TcpListener>, gate: Arc<Gate>, metrics: Arc<Metrics>, answer: A)
 where
     A: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let limits = ConnectionLimits::side_port();
-    let gate = Gate::new(port, limits.max, metrics.clone());
-    // Side ports end with the process; nothing stops them before.
     let (_never, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        let _never = _never;
-        loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                // Out of file descriptors, most likely: let some close.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let Some(pass) = gate.enter() else {
-                continue;
-            };
-            let (answer, stop, metrics) = (answer.clone(), stop.clone(), metrics.clone());
-            tokio::spawn(async move {
-                let activity = Activity::new();
-                let requests = activity.clone();
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let in_flight = requests.request();
-                    let answered = answer(request, peer);
-                    async move {
-                        let response = answered.await;
-                        drop(in_flight);
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    // The connection's supervisor keeps the time to a first request and between
-                    // requests; hyper's own header timeout would also cut idle ones short.
-                    .header_read_timeout(None)
-                    .max_buf_size(READ_BUFFER)
-                    .serve_connection(TokioIo::new(tcp), service);
-                let _ = supervise(conn, &activity, &limits, stop, &metrics).await;
-                drop(pass);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            // Out of file descriptors, most likely: let some close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Some(pass) = gate.enter() else {
+            continue;
+        };
+        let (answer, stop, metrics) = (answer.clone(), stop.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let activity = Activity::new();
+            let requests = activity.clone();
+            let service = service_fn(move |request: Request<Incoming>| {
+                let in_flight = requests.request();
+                let answered = answer(request, peer);
+                async move {
+                    let response = answered.await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
             });
-        }
-    });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // The connection's supervisor keeps the time to a first request and between
+                // requests; hyper's own header timeout would also cut idle ones short.
+                .header_read_timeout(None)
+                .max_buf_size(READ_BUFFER)
+                .serve_connection(TokioIo::new(tcp), service);
+            let _ = supervise(conn, &activity, &limits, stop, &metrics).await;
+            drop(pass);
+        });
+    }
 }

@@ -1,0 +1,402 @@
+//! `serve`: one replica of the webhook. [`run`] builds every part once from [`Options`] — one
+//! Kubernetes client, the settings as [`Config`] parsed them, the global secrets read once —
+//! registers each long-lived task with [`Tasks`], which restarts or fails them as their
+//! [`OnEnd`] says, and on SIGTERM turns `/readyz` to draining and stops them all.
+//!
+//! | task                          | owner                  | on its end                  |
+//! |-------------------------------|------------------------|-----------------------------|
+//! | admission server              | [`server`]             | unready (drains on stop)    |
+//! | metrics port, invalidation port | [`server`]           | restarted                   |
+//! | certificate follower / files watch | [`crate::certs`]  | restarted                   |
+//! | registration watch, controller | [`crate::cluster`]    | restarted (Lease released on stop) |
+//! | namespace / image pull Secret reflectors, K8s store watch | [`crate::secrets`] | unready |
+//! | mirror follower, mirror sweep | [`crate::secrets`]     | restarted                   |
+//! | policy reloader, global secrets refresh | here         | restarted                   |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::certs::CertStore;
+use crate::certs::secret::CertSecret;
+use crate::cluster::registration::WebhookTarget;
+use crate::config::{Config, Overrides};
+use crate::global_secrets::{self, GlobalSecrets};
+use crate::health::{Describe, Readiness};
+use crate::leadership::Leadership;
+use crate::metrics::Metrics;
+use crate::policy::{self, Active, Mutator};
+use crate::reload::Reloader;
+use crate::secrets::embedded::Embedded;
+use crate::server::{self, budget, connections::ConnectionLimits, invalidation_port, metrics_port};
+use crate::tasks::{OnEnd, Tasks};
+use crate::{certs, cluster, tls};
+
+/// How often the global secrets are read again: mounted Secrets change without a restart.
+const GLOBALS_REFRESH: Duration = Duration::from_secs(30);
+
+/// What `serve` was asked for, as plain values.
+pub struct Options {
+    /// The configuration file (Flyte's `webhook:` and `secrets:` sections).
+    pub config: Option<PathBuf>,
+    /// Flags that win over the file.
+    pub overrides: Overrides,
+    pub policy: policy::Source,
+    /// Run without a cluster (also chosen when none is reachable).
+    pub local: bool,
+    /// Call the policy library natively: the benchmarks' baseline.
+    pub native_policy: bool,
+    /// The CA clients (the API server) must present a certificate from.
+    pub client_ca: Option<PathBuf>,
+    /// The plain-HTTP port of `/metrics` and the probes.
+    pub metrics_listen: Option<SocketAddr>,
+    pub reload_poll: Duration,
+    /// The memory the process keeps, whatever clients send.
+    pub memory_budget: u64,
+    /// Connections the admission port keeps open; `None`: from the budget.
+    pub max_connections: Option<usize>,
+    pub first_request: Duration,
+    pub idle: Duration,
+    /// The registered `timeoutSeconds`, of which a review may take most.
+    pub timeout_seconds: u32,
+    pub cluster: InCluster,
+}
+
+/// What a replica keeps in a cluster.
+pub struct InCluster {
+    pub certs: CertSource,
+    pub secret: CertSecret,
+    /// The Lease that elects the replica doing the writing.
+    pub lease: String,
+    /// The webhook configuration to keep; `None` when it is managed another way. Its
+    /// `namespace_selector` comes from the configuration file.
+    pub target: Option<WebhookTarget>,
+}
+
+/// Who writes the certificate Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    Managed,
+    External,
+    Files,
+}
+
+/// Whether a Kubernetes API server can be found the usual ways: in-cluster, `KUBECONFIG`, or
+/// `~/.kube/config`.
+pub fn cluster_configured() -> bool {
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        return true;
+    }
+    if let Some(paths) = std::env::var_os("KUBECONFIG") {
+        return std::env::split_paths(&paths).any(|p| p.is_file());
+    }
+    std::env::var_os("HOME").is_some_and(|home| Path::new(&home).join(".kube/config").is_file())
+}
+
+/// Serves until SIGTERM (or Ctrl-C), then drains.
+pub async fn run(mut options: Options) -> Result<()> {
+    options.local |= !cluster_configured();
+    options.overrides.local = options.local;
+    let config = Config::load(options.config.as_deref(), &options.overrides)?;
+    for warning in crate::config::warnings(
+        config.library_settings.as_ref(),
+        options.client_ca.is_some(),
+    ) {
+        tracing::warn!("{warning}");
+    }
+    let limits = limits(&options, &config)?;
+    if options.local {
+        local_certs(&config)?;
+    }
+    let metrics = Arc::new(Metrics::default());
+    let registering = !options.local && options.cluster.target.is_some();
+    let readiness = Arc::new(Readiness::new(registering));
+    let mut tasks = Tasks::new(readiness.clone(), metrics.clone());
+    // Alone in local mode; in a cluster, the election decides.
+    let leadership = Leadership::new(options.local);
+    let client = client(&options, &config).await?;
+
+    let embedded = match (&config.embedded, &client) {
+        (Some(store), Some(client)) => {
+            // Set with the Embedded store: the library read the settings to find it.
+            let settings = config
+                .library_settings
+                .as_ref()
+                .context("reading the settings")?;
+            let authority = settings.embedded_secret_manager_config.authority();
+            let embedded = Embedded::start(client.clone(), store, authority, &mut tasks).await?;
+            if let Some(port) = store.invalidation_port {
+                let listen = SocketAddr::from(([0, 0, 0, 0], port));
+                let queue = embedded.invalidation_queue(metrics.clone());
+                let addr = invalidation_port::start(
+                    &mut tasks,
+                    listen,
+                    embedded.store(),
+                    queue,
+                    metrics.clone(),
+                )
+                .await?;
+                tracing::info!(%addr, "serving Flyte 2's POST /invalidate-secret over plain HTTP");
+            }
+            Some(embedded)
+        }
+        _ => None,
+    };
+
+    let runtime = options.policy.runtime(limits.plan.guest_slots)?;
+    let compiled = options.policy.compile(&runtime)?;
+    let globals =
+        Arc::new(GlobalSecrets::load(&config.global_secrets).context("reading global secrets")?);
+    tracing::info!(
+        policy = compiled.digest(),
+        global_secrets = globals.len(),
+        "policy ready"
+    );
+    let active = Arc::new(
+        Active::new(compiled, &config.settings, globals.clone())?.with_embedded(embedded.clone()),
+    );
+    metrics.policy_in_service(&active.digest());
+    let describe: Describe = {
+        let active = active.clone();
+        Arc::new(move || active.digest())
+    };
+    if let Some(listen) = options.metrics_listen {
+        let addr = metrics_port::start(
+            &mut tasks,
+            listen,
+            metrics.clone(),
+            readiness.clone(),
+            describe.clone(),
+        )
+        .await?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz over plain HTTP");
+    }
+
+    let cluster = match (&client, options.local) {
+        (Some(client), false) => Some(
+            prepare_cluster(
+                client.clone(),
+                options.cluster,
+                &config,
+                readiness.clone(),
+                metrics.clone(),
+                leadership.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let certs = match &cluster {
+        Some(cluster) => cluster.store.clone(),
+        None => {
+            let certs = CertStore::open(&config.cert_dir)?;
+            certs.clone().start_watch(&mut tasks, metrics.clone());
+            certs
+        }
+    };
+    let tls = tls::server_config(certs, options.client_ca.as_deref())?;
+    start_refresh(&mut tasks, active.clone(), config.global_secrets.clone());
+    let mut reloader = Reloader::new(
+        runtime,
+        active.clone(),
+        options.policy.file.clone(),
+        options.config.clone(),
+        options.overrides.clone(),
+        metrics.clone(),
+    );
+    reloader.embedded = config.embedded.clone();
+    reloader.client_ca = options.client_ca.is_some();
+    reloader.started = Some(config.clone());
+    let reloader = Arc::new(reloader);
+    let poll = options.reload_poll;
+    tasks.spawn("policy reloader", OnEnd::Restart, move || {
+        reloader.clone().run(poll)
+    });
+
+    let mutator: Arc<dyn Mutator> = match options.native_policy {
+        true => {
+            tracing::warn!("--native-policy: the library runs unsandboxed; for benchmarks only");
+            let settings = config
+                .library_settings
+                .clone()
+                .context("--native-policy: the policy library cannot read these settings")?;
+            let services = policy::Services {
+                globals,
+                embedded: embedded.clone(),
+            };
+            Arc::new(policy::Native::with_settings(settings, services))
+        }
+        false => active,
+    };
+    let app = server::App {
+        mutator,
+        describe_policy: describe,
+        on_error: config.on_error,
+        limits,
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+    };
+    let server = server::bind(config.listen, tls, app).await?;
+    let addr = server.local_addr()?;
+    server.start(&mut tasks);
+    readiness.set_serving();
+    if let Some(cluster) = cluster {
+        cluster.launch(&mut tasks);
+    }
+    if let Some(embedded) = &embedded {
+        embedded.start_upkeep(leadership, metrics.clone(), &mut tasks);
+    }
+    tracing::info!(%addr, "serving AdmissionReviews on /mutate and /mutate--v1-pod");
+
+    let ended = tokio::select! {
+        () = stop_signal() => false,
+        () = tasks.supervise() => true,
+    };
+    tracing::info!("stopping: draining requests in flight");
+    readiness.set_draining();
+    tasks
+        .stop(limits.drain_timeout + Duration::from_secs(5))
+        .await;
+    tracing::info!("stopped");
+    match ended {
+        true => bail!("every task of the replica ended"),
+        false => Ok(()),
+    }
+}
+
+/// The server's limits: the memory budget divided, the connections' timeouts, the review's
+/// deadline from the registered `timeoutSeconds`.
+fn limits(options: &Options, config: &Config) -> Result<server::Limits> {
+    let plan = budget::Plan::new(options.memory_budget)?;
+    let limits = server::Limits {
+        max_body_bytes: config.max_body_bytes,
+        plan,
+        connections: ConnectionLimits {
+            max: options.max_connections.unwrap_or(plan.max_connections),
+            first_request: options.first_request,
+            idle: options.idle,
+        },
+        review_deadline: server::review_deadline(options.timeout_seconds),
+        guest_memory: options.policy.memory_bytes,
+        ..server::Limits::default()
+    };
+    if options.policy.timeout >= limits.review_deadline {
+        bail!(
+            "--policy-timeout-ms ({}) must be below the review's deadline ({:?}: the webhook's \
+             --timeout-seconds {} less a margin)",
+            options.policy.timeout.as_millis(),
+            limits.review_deadline,
+            options.timeout_seconds
+        );
+    }
+    tracing::info!(
+        budget_mib = plan.total >> 20,
+        connections = limits.connections.max,
+        reviews_mib = plan.reviews >> 20,
+        guest_slots = plan.guest_slots,
+        review_deadline = ?limits.review_deadline,
+        "memory budget divided"
+    );
+    Ok(limits)
+}
+
+/// Local mode: a CA and a localhost certificate, made once.
+fn local_certs(config: &Config) -> Result<()> {
+    if certs::ensure_local(&config.cert_dir)? {
+        tracing::info!(dir = %config.cert_dir.display(), "made a local CA and a certificate for localhost");
+    }
+    let ca = config.cert_dir.join(certs::CA_FILE);
+    tracing::info!(ca = %ca.display(), "local mode: no registration; clients should trust this CA");
+    Ok(())
+}
+
+/// The one Kubernetes client, when something needs it: the cluster's upkeep, or the Embedded
+/// manager (whose values live in the cluster even in local mode).
+async fn client(options: &Options, config: &Config) -> Result<Option<kube::Client>> {
+    if options.local && config.embedded.is_none() {
+        return Ok(None);
+    }
+    let context = match options.local {
+        true => {
+            "the Embedded manager reads secrets from the cluster: no Kubernetes API server found \
+             (in-cluster, KUBECONFIG or ~/.kube/config)"
+        }
+        false => "connecting to the Kubernetes API",
+    };
+    Ok(Some(kube::Client::try_default().await.context(context)?))
+}
+
+/// Where the serving certificate comes from in a cluster, ready to serve.
+async fn prepare_cluster(
+    client: kube::Client,
+    wanted: InCluster,
+    config: &Config,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+) -> Result<cluster::Prepared> {
+    let certs = match wanted.certs {
+        CertSource::Files => cluster::Certs::Files(config.cert_dir.clone()),
+        CertSource::External => cluster::Certs::External,
+        CertSource::Managed => cluster::Certs::Managed,
+    };
+    let target = wanted.target.map(|target| WebhookTarget {
+        namespace_selector: config.namespace_selector.clone(),
+        ..target
+    });
+    let setup = cluster::Setup {
+        client,
+        secret: wanted.secret,
+        certs,
+        lease: wanted.lease,
+        target,
+        readiness,
+        metrics,
+        leadership,
+    };
+    setup.prepare().await
+}
+
+/// Registers the periodic re-read of the global secrets.
+fn start_refresh(tasks: &mut Tasks, active: Arc<Active>, source: global_secrets::Source) {
+    tasks.spawn("global secrets refresh", OnEnd::Restart, move || {
+        refresh_globals(active.clone(), source.clone())
+    });
+}
+
+async fn refresh_globals(active: Arc<Active>, source: global_secrets::Source) {
+    let mut ticks = tokio::time::interval(GLOBALS_REFRESH);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let source = source.clone();
+        match tokio::task::spawn_blocking(move || GlobalSecrets::load(&source)).await {
+            Ok(Ok(globals)) => active.set_globals(globals),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "re-reading global secrets failed; keeping the old ones")
+            }
+            Err(err) => tracing::warn!(error = %err, "re-reading global secrets failed"),
+        }
+    }
+}
+
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
