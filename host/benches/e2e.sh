@@ -6,6 +6,12 @@
 #
 #   host/benches/e2e.sh [seconds]        results in target/bench-e2e/ (summary.csv, *.csv, *.svg)
 #
+# SERVERS picks the servers and their order (default "wasm native policy-server"). An entry
+# `<name>=<binary>` runs another build of secrets-webhook (wasm policy) as server <name>, so a
+# change is measured against the commit before it in one run, e.g.
+#   SERVERS="old=/tmp/secrets-webhook-old wasm wasm old" host/benches/e2e.sh 5
+# (each twice, in mirrored order, so the machine's drift over the run cancels out).
+#
 # Loopback only; every run is bounded by its duration. When h2load (Debian's nghttp2-client) is
 # installed, closed-loop throughput is measured with it too: a C load generator leaves more of the
 # two cores to the server than ours does.
@@ -16,15 +22,16 @@ connections=${CONNECTIONS:-16}
 out=target/bench-e2e
 rm -rf "$out" && mkdir -p "$out"
 cargo build --release -p secrets-webhook -p secrets-webhook-load --bins
-bin=target/release/secrets-webhook
-load=target/release/secrets-webhook-load
-kubewarden_wasm=$PWD/target/wasm-guest/wasm32-wasip1/release/secrets_policy_kubewarden.wasm
+built=${CARGO_TARGET_DIR:-target}
+bin=$built/release/secrets-webhook
+load=$built/release/secrets-webhook-load
+kubewarden_wasm=$(realpath "$built")/wasm-guest/wasm32-wasip1/release/secrets_policy_kubewarden.wasm
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
 serve() { # <name> <port> [extra serve flags...]
   local name=$1 port=$2; shift 2
-  "$bin" serve --local --cert-dir "$out/certs" --listen "127.0.0.1:$port" \
+  "${PROGRAM:-$bin}" serve --local --cert-dir "$out/certs" --listen "127.0.0.1:$port" \
     --policy-cache-dir "$out/cache" --global-secrets-dir fixtures/global-secrets "$@" \
     > "$out/$name.log" 2>&1 &
   pids+=($!)
@@ -88,16 +95,22 @@ run_all() { # <server> <pid> <port> <path>
 
 echo "server,scenario,connections,req_per_s" > "$out/h2load.csv"
 # One server at a time, so each has both cores; the first one makes the certificate.
-for server in wasm native policy-server; do
+other_port=19450
+for server in ${SERVERS:-wasm native policy-server}; do
+  name=$server
   case $server in
     wasm) serve wasm 19443; port=19443; path=/mutate ;;
     native) serve native 19444 --native-policy; port=19444; path=/mutate ;;
+    *=*)
+      name=${server%%=*}; port=$((other_port++)); path=/mutate
+      PROGRAM=${server#*=} serve "$name" "$port" ;;
     policy-server)
       if [ -z "${POLICY_SERVER:-}" ]; then
         echo "POLICY_SERVER is not set: no Kubewarden rows (eval \"\$(../shared/tools/unpack target/tools)\")" >&2
         continue
       fi
       policy_server 19445; port=19445; path=/validate/flyte-secrets ;;
+    *) echo "unknown server $server" >&2; exit 2 ;;
   esac
   pid=${pids[-1]}
   if [ "$server" = policy-server ]; then
@@ -105,7 +118,7 @@ for server in wasm native policy-server; do
   else
     wait_ready "https://localhost:$port/readyz" --cacert "$out/certs/ca.crt"
   fi
-  run_all "$server" "$pid" "$port" "$path"
+  run_all "$name" "$pid" "$port" "$path"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 column -s, -t < "$out/summary.csv"
