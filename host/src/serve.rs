@@ -96,7 +96,16 @@ pub fn cluster_configured() -> bool {
     std::env::var_os("HOME").is_some_and(|home| Path::new(&home).join(".kube/config").is_file())
 }
 
-/// Serves until SIGTERM (or Ctrl-C), then drains.
+/// What every part of a replica shares: its metrics, its readiness, who leads, and the tasks.
+struct Replica {
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    leadership: Leadership,
+    tasks: Tasks,
+}
+
+/// Serves until SIGTERM (or Ctrl-C), then drains: configuration → the parts, built once → the
+/// admission port → the cluster's upkeep → wait → drain.
 pub async fn run(mut options: Options) -> Result<()> {
     options.local |= !cluster_configured();
     options.overrides.local = options.local;
@@ -114,61 +123,34 @@ pub async fn run(mut options: Options) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let registering = !options.local && options.cluster.target.is_some();
     let readiness = Arc::new(Readiness::new(registering));
-    let mut tasks = Tasks::new(readiness.clone(), metrics.clone());
-    // Alone in local mode; in a cluster, the election decides.
-    let leadership = Leadership::new(options.local);
+    let mut replica = Replica {
+        tasks: Tasks::new(readiness.clone(), metrics.clone()),
+        metrics,
+        readiness,
+        // Alone in local mode; in a cluster, the election decides.
+        leadership: Leadership::new(options.local),
+    };
     let client = client(&options, &config).await?;
-
-    let embedded = match (&config.embedded, &client) {
-        (Some(store), Some(client)) => {
-            // Set with the Embedded store: the library read the settings to find it.
-            let settings = config
-                .library_settings
-                .as_ref()
-                .context("reading the settings")?;
-            let authority = settings.embedded_secret_manager_config.authority();
-            let embedded = Embedded::start(client.clone(), store, authority, &mut tasks).await?;
-            if let Some(port) = store.invalidation_port {
-                let listen = SocketAddr::from(([0, 0, 0, 0], port));
-                let queue = embedded.invalidation_queue(metrics.clone());
-                let addr = invalidation_port::start(
-                    &mut tasks,
-                    listen,
-                    embedded.store(),
-                    queue,
-                    metrics.clone(),
-                )
-                .await?;
-                tracing::info!(%addr, "serving Flyte 2's POST /invalidate-secret over plain HTTP");
-            }
-            Some(embedded)
-        }
-        _ => None,
+    let embedded = match &client {
+        Some(client) => start_embedded(&mut replica, client, &config).await?,
+        None => None,
     };
 
     let runtime = options.policy.runtime(limits.plan.guest_slots)?;
-    let compiled = options.policy.compile(&runtime)?;
     let globals =
         Arc::new(GlobalSecrets::load(&config.global_secrets).context("reading global secrets")?);
-    tracing::info!(
-        policy = compiled.digest(),
-        global_secrets = globals.len(),
-        "policy ready"
-    );
-    let active = Arc::new(
-        Active::new(compiled, &config.settings, globals.clone())?.with_embedded(embedded.clone()),
-    );
-    metrics.policy_in_service(&active.digest());
+    let active = active_policy(&options, &config, &runtime, &globals, &embedded)?;
+    replica.metrics.policy_in_service(&active.digest());
     let describe: Describe = {
         let active = active.clone();
         Arc::new(move || active.digest())
     };
     if let Some(listen) = options.metrics_listen {
         let addr = metrics_port::start(
-            &mut tasks,
+            &mut replica.tasks,
             listen,
-            metrics.clone(),
-            readiness.clone(),
+            replica.metrics.clone(),
+            replica.readiness.clone(),
             describe.clone(),
         )
         .await?;
@@ -176,95 +158,179 @@ pub async fn run(mut options: Options) -> Result<()> {
     }
 
     let cluster = match (&client, options.local) {
-        (Some(client), false) => Some(
-            prepare_cluster(
-                client.clone(),
-                options.cluster,
-                &config,
-                readiness.clone(),
-                metrics.clone(),
-                leadership.clone(),
+        (Some(client), false) => {
+            let target = options.cluster.target.take();
+            Some(
+                prepare_cluster(&replica, client.clone(), &options.cluster, target, &config)
+                    .await?,
             )
-            .await?,
-        ),
+        }
         _ => None,
     };
     let certs = match &cluster {
         Some(cluster) => cluster.store.clone(),
-        None => {
-            let certs = CertStore::open(&config.cert_dir)?;
-            certs.clone().start_watch(&mut tasks, metrics.clone());
-            certs
-        }
+        None => local_cert_store(&mut replica, &config)?,
     };
-    let tls = tls::server_config(certs, options.client_ca.as_deref())?;
-    start_refresh(&mut tasks, active.clone(), config.global_secrets.clone());
-    let mut reloader = Reloader::new(
-        runtime,
+    start_refresh(
+        &mut replica.tasks,
         active.clone(),
-        options.policy.file.clone(),
-        options.config.clone(),
-        options.overrides.clone(),
-        metrics.clone(),
+        config.global_secrets.clone(),
     );
-    reloader.embedded = config.embedded.clone();
-    reloader.client_ca = options.client_ca.is_some();
-    reloader.started = Some(config.clone());
-    let reloader = Arc::new(reloader);
-    let poll = options.reload_poll;
-    tasks.spawn("policy reloader", OnEnd::Restart, move || {
-        reloader.clone().run(poll)
-    });
+    start_reloader(&mut replica, runtime, active.clone(), &options, &config);
 
-    let mutator: Arc<dyn Mutator> = match options.native_policy {
-        true => {
-            tracing::warn!("--native-policy: the library runs unsandboxed; for benchmarks only");
-            let settings = config
-                .library_settings
-                .clone()
-                .context("--native-policy: the policy library cannot read these settings")?;
-            let services = policy::Services {
-                globals,
-                embedded: embedded.clone(),
-            };
-            Arc::new(policy::Native::with_settings(settings, services))
-        }
-        false => active,
-    };
     let app = server::App {
-        mutator,
+        mutator: mutator(&options, &config, active, globals, embedded.clone())?,
         describe_policy: describe,
         on_error: config.on_error,
         limits,
-        readiness: readiness.clone(),
-        metrics: metrics.clone(),
+        readiness: replica.readiness.clone(),
+        metrics: replica.metrics.clone(),
     };
+    let tls = tls::server_config(certs, options.client_ca.as_deref())?;
     let server = server::bind(config.listen, tls, app).await?;
     let addr = server.local_addr()?;
-    server.start(&mut tasks);
-    readiness.set_serving();
+    server.start(&mut replica.tasks);
+    replica.readiness.set_serving();
     if let Some(cluster) = cluster {
-        cluster.launch(&mut tasks);
+        cluster.launch(&mut replica.tasks);
     }
     if let Some(embedded) = &embedded {
-        embedded.start_upkeep(leadership, metrics.clone(), &mut tasks);
+        embedded.start_upkeep(
+            replica.leadership.clone(),
+            replica.metrics.clone(),
+            &mut replica.tasks,
+        );
     }
     tracing::info!(%addr, "serving AdmissionReviews on /mutate and /mutate--v1-pod");
+    wait_then_drain(replica, limits.drain_timeout).await
+}
 
+/// Runs the tasks until the stop signal (or until none is left), then drains them.
+async fn wait_then_drain(mut replica: Replica, drain_timeout: Duration) -> Result<()> {
     let ended = tokio::select! {
         () = stop_signal() => false,
-        () = tasks.supervise() => true,
+        () = replica.tasks.supervise() => true,
     };
     tracing::info!("stopping: draining requests in flight");
-    readiness.set_draining();
-    tasks
-        .stop(limits.drain_timeout + Duration::from_secs(5))
+    replica.readiness.set_draining();
+    replica
+        .tasks
+        .stop(drain_timeout + Duration::from_secs(5))
         .await;
     tracing::info!("stopped");
     match ended {
         true => bail!("every task of the replica ended"),
         false => Ok(()),
     }
+}
+
+/// The policy in service: `--policy` (or the embedded default) compiled, with the settings.
+fn active_policy(
+    options: &Options,
+    config: &Config,
+    runtime: &policy::Runtime,
+    globals: &Arc<GlobalSecrets>,
+    embedded: &Option<Arc<Embedded>>,
+) -> Result<Arc<Active>> {
+    let compiled = options.policy.compile(runtime)?;
+    tracing::info!(
+        policy = compiled.digest(),
+        global_secrets = globals.len(),
+        "policy ready"
+    );
+    let active = Active::new(compiled, &config.settings, globals.clone())?;
+    Ok(Arc::new(active.with_embedded(embedded.clone())))
+}
+
+/// Outside a cluster: the certificate files in `--cert-dir`, reloaded when they change.
+fn local_cert_store(replica: &mut Replica, config: &Config) -> Result<Arc<CertStore>> {
+    let certs = CertStore::open(&config.cert_dir)?;
+    certs
+        .clone()
+        .start_watch(&mut replica.tasks, replica.metrics.clone());
+    Ok(certs)
+}
+
+/// The Embedded manager, when configured: its store, its watches, and Flyte 2's invalidation
+/// port.
+async fn start_embedded(
+    replica: &mut Replica,
+    client: &kube::Client,
+    config: &Config,
+) -> Result<Option<Arc<Embedded>>> {
+    let Some(store) = &config.embedded else {
+        return Ok(None);
+    };
+    // Set with the Embedded store: the library read the settings to find it.
+    let settings = config
+        .library_settings
+        .as_ref()
+        .context("reading the settings")?;
+    let authority = settings.embedded_secret_manager_config.authority();
+    let embedded = Embedded::start(client.clone(), store, authority, &mut replica.tasks).await?;
+    if let Some(port) = store.invalidation_port {
+        let listen = SocketAddr::from(([0, 0, 0, 0], port));
+        let queue = embedded.invalidation_queue(replica.metrics.clone());
+        let addr = invalidation_port::start(
+            &mut replica.tasks,
+            listen,
+            embedded.store(),
+            queue,
+            replica.metrics.clone(),
+        )
+        .await?;
+        tracing::info!(%addr, "serving Flyte 2's POST /invalidate-secret over plain HTTP");
+    }
+    Ok(Some(embedded))
+}
+
+/// Registers the policy reloader: `--policy` and the configuration file, swapped whole.
+fn start_reloader(
+    replica: &mut Replica,
+    runtime: policy::Runtime,
+    active: Arc<Active>,
+    options: &Options,
+    config: &Config,
+) {
+    let mut reloader = Reloader::new(
+        runtime,
+        active,
+        options.policy.file.clone(),
+        options.config.clone(),
+        options.overrides.clone(),
+        replica.metrics.clone(),
+    );
+    reloader.embedded = config.embedded.clone();
+    reloader.client_ca = options.client_ca.is_some();
+    reloader.started = Some(config.clone());
+    let reloader = Arc::new(reloader);
+    let poll = options.reload_poll;
+    replica
+        .tasks
+        .spawn("policy reloader", OnEnd::Restart, move || {
+            reloader.clone().run(poll)
+        });
+}
+
+/// What answers the reviews: the policy in service, or with `--native-policy` the library
+/// called directly (the benchmarks' baseline), over the same global secrets and store.
+fn mutator(
+    options: &Options,
+    config: &Config,
+    active: Arc<Active>,
+    globals: Arc<GlobalSecrets>,
+    embedded: Option<Arc<Embedded>>,
+) -> Result<Arc<dyn Mutator>> {
+    if !options.native_policy {
+        return Ok(active);
+    }
+    tracing::warn!("--native-policy: the library runs unsandboxed; for benchmarks only");
+    let settings = config
+        .library_settings
+        .clone()
+        .context("--native-policy: the policy library cannot read these settings")?;
+    let services = policy::Services { globals, embedded };
+    Ok(Arc::new(policy::Native::with_settings(settings, services)))
 }
 
 /// The server's limits: the memory budget divided, the connections' timeouts, the review's
@@ -329,33 +395,33 @@ async fn client(options: &Options, config: &Config) -> Result<Option<kube::Clien
     Ok(Some(kube::Client::try_default().await.context(context)?))
 }
 
-/// Where the serving certificate comes from in a cluster, ready to serve.
+/// Where the serving certificate comes from in a cluster, ready to serve; `target` is the
+/// webhook configuration to keep, if any.
 async fn prepare_cluster(
+    replica: &Replica,
     client: kube::Client,
-    wanted: InCluster,
+    wanted: &InCluster,
+    target: Option<WebhookTarget>,
     config: &Config,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-    leadership: Leadership,
 ) -> Result<cluster::Prepared> {
     let certs = match wanted.certs {
         CertSource::Files => cluster::Certs::Files(config.cert_dir.clone()),
         CertSource::External => cluster::Certs::External,
         CertSource::Managed => cluster::Certs::Managed,
     };
-    let target = wanted.target.map(|target| WebhookTarget {
+    let target = target.map(|target| WebhookTarget {
         namespace_selector: config.namespace_selector.clone(),
         ..target
     });
     let setup = cluster::Setup {
         client,
-        secret: wanted.secret,
+        secret: wanted.secret.clone(),
         certs,
-        lease: wanted.lease,
+        lease: wanted.lease.clone(),
         target,
-        readiness,
-        metrics,
-        leadership,
+        readiness: replica.readiness.clone(),
+        metrics: replica.metrics.clone(),
+        leadership: replica.leadership.clone(),
     };
     setup.prepare().await
 }
