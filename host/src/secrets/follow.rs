@@ -49,10 +49,14 @@ pub struct Pending {
 
 impl Pending {
     /// A change the watch saw: always taken (the source namespace is Flyte's own); a later one
-    /// of the same id replaces it.
+    /// of the same id replaces it. One found by a relisting carries no value: it is read again.
     pub fn changed(&self, change: SourceChange) {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        ids.entry(change.id).or_default().seen = Some(change.value);
+        let wanted = ids.entry(change.id).or_default();
+        match change.refetch {
+            true => wanted.refetch = true,
+            false => wanted.seen = Some(change.value),
+        }
         drop(ids);
         self.ready.notify_one();
     }
@@ -107,6 +111,12 @@ impl Followed {
         self.0.get(id) == Some(&Self::hash(value))
     }
 
+    /// Another replica brings `id`'s mirrors in line now: what this one followed says nothing
+    /// of them any more.
+    fn forget(&mut self, id: &str) {
+        self.0.remove(id);
+    }
+
     fn record(&mut self, id: &str, value: Option<&[u8]>) {
         if self.0.len() >= Self::MAX {
             self.0.clear();
@@ -137,6 +147,7 @@ pub async fn run(
                 for (id, wanted) in waiting {
                     if !wanted.refetch && !leadership.leads() {
                         tracing::debug!(id, "not elected: the elected replica follows this source");
+                        followed.forget(&id);
                         left.note(id);
                         continue;
                     }
@@ -264,6 +275,21 @@ mod tests {
         assert!(wanted.refetch && wanted.seen == Some(Some(b"v".to_vec())));
     }
 
+    /// A relisting names the ids that changed while the watch was away, without their value:
+    /// they are read again, never taken for deleted.
+    #[tokio::test]
+    async fn a_change_found_by_a_relisting_is_read_again() {
+        let pending = Pending::default();
+        pending.changed(SourceChange {
+            id: "a".to_owned(),
+            value: None,
+            refetch: true,
+        });
+        let waiting = pending.take().await;
+        let wanted = &waiting["a"];
+        assert!(wanted.refetch && wanted.seen.is_none() && !wanted.invalidated);
+    }
+
     #[test]
     fn the_queue_is_bounded() {
         let pending = Pending::default();
@@ -282,5 +308,10 @@ mod tests {
         assert!(followed.is_current("a", Some(b"v")));
         assert!(!followed.is_current("a", Some(b"w")));
         assert!(!followed.is_current("a", None), "a deletion is a change");
+        followed.forget("a");
+        assert!(
+            !followed.is_current("a", Some(b"v")),
+            "left to another replica"
+        );
     }
 }
