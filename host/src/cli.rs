@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::admission::{self, Verdict};
 use crate::certs::secret::{CertSecret, Trust};
-use crate::cluster::controller;
 use crate::cluster::registration::{self, WebhookTarget};
+use crate::cluster::{Certs, controller};
 use crate::config::{Config, OnError, Overrides};
 use crate::global_secrets::GlobalSecrets;
 use crate::policy::{self, Active, Runtime};
@@ -459,9 +459,9 @@ fn policy_source(args: &PolicyArgs) -> policy::Source {
 /// `serve`'s flags as options.
 fn serve_options(args: ServeArgs) -> Result<serve::Options> {
     let certs = match (args.certs, &args.webhook.ca_injected_from) {
-        (CertSource::Files, _) => serve::CertSource::Files,
-        (CertSource::External, _) | (CertSource::Managed, Some(_)) => serve::CertSource::External,
-        (CertSource::Managed, None) => serve::CertSource::Managed,
+        (CertSource::Files, _) => Certs::Files,
+        (CertSource::External, _) | (CertSource::Managed, Some(_)) => Certs::External,
+        (CertSource::Managed, None) => Certs::Managed,
     };
     let cluster = serve::InCluster {
         certs,
@@ -480,7 +480,6 @@ fn serve_options(args: ServeArgs) -> Result<serve::Options> {
             local: args.local,
         },
         policy: policy_source(&args.policy),
-        local: args.local,
         native_policy: args.native_policy,
         client_ca: args.client_ca,
         metrics_listen: args.metrics_listen,

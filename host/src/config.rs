@@ -253,8 +253,9 @@ impl Config {
         } else {
             serde_json::from_value(webhook.clone()).context("reading the webhook: section")?
         };
+        let settings = serde_json::to_string(&webhook)?;
         let library_settings = match webhook.is_object() {
-            true => secrets_policy::Settings::from_json(&webhook.to_string()).ok(),
+            true => secrets_policy::Settings::from_json(&settings).ok(),
             false => None,
         };
         let embedded = embedded_config(library_settings.as_ref(), &host)?;
@@ -278,7 +279,7 @@ impl Config {
                 .max_body_bytes
                 .or(host.max_request_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            settings: serde_json::to_string(&webhook)?,
+            settings,
             library_settings,
             namespace_selector: host.namespace_selector,
             embedded,

@@ -8,7 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -108,142 +108,148 @@ pub struct Metrics {
     task_ends: Family<TaskLabels, Counter>,
 }
 
+/// Registers `metric` as `name` and hands it back, for the handle [`Metrics`] keeps.
+fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("secrets_webhook");
-        let reviews = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        let reviews = add(
+            &mut registry,
             "reviews",
             "AdmissionReviews answered, by outcome (patched, unchanged, denied, error, invalid)",
-            reviews.clone(),
+            Family::<OutcomeLabels, Counter>::default(),
         );
         // 50 µs to ~1.6 s.
-        let duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        registry.register(
+        let duration = add(
+            &mut registry,
             "review_duration_seconds",
             "Time from a request's headers to its response (room in the memory budget, the body, the review)",
-            duration.clone(),
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         );
-        let in_flight = Gauge::default();
-        registry.register(
+        let in_flight = add(
+            &mut registry,
             "reviews_in_flight",
             "AdmissionReviews received and not yet answered (reading, queued or evaluating)",
-            in_flight.clone(),
+            Gauge::default(),
         );
-        let injections = Family::<ManagerLabels, Counter>::default();
-        registry.register(
+        let injections = add(
+            &mut registry,
             "injections",
             "Secrets injected by patched reviews, by the manager that injected them",
-            injections.clone(),
+            Family::<ManagerLabels, Counter>::default(),
         );
         // Present from the start at 0, so rates and alerts work before the first injection.
         for manager in MANAGERS {
             let _ = injections.get_or_create(&ManagerLabels { manager });
         }
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let reloads = add(
+            &mut registry,
             "policy_reloads",
             "Policy or settings reloads, by result (swapped, rejected)",
-            reloads.clone(),
+            Family::<ResultLabels, Counter>::default(),
         );
-        let registrations = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let registrations = add(
+            &mut registry,
             "registrations",
             "MutatingWebhookConfiguration applies, by result (applied, failed)",
-            registrations.clone(),
+            Family::<ResultLabels, Counter>::default(),
         );
-        let policy = Family::<PolicyLabels, Gauge>::default();
-        registry.register(
+        let policy = add(
+            &mut registry,
             "policy_info",
             "The policy in service (1 for its digest)",
-            policy.clone(),
+            Family::<PolicyLabels, Gauge>::default(),
         );
-        let cert_expiry = Gauge::<f64, AtomicU64>::default();
-        registry.register(
+        let cert_expiry = add(
+            &mut registry,
             "cert_expiry_timestamp_seconds",
             "When the serving certificate expires (Unix time)",
-            cert_expiry.clone(),
+            Gauge::<f64, AtomicU64>::default(),
         );
-        let ca_expiry = Family::<CaLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
+        let ca_expiry = add(
+            &mut registry,
             "ca_expiry_timestamp_seconds",
             "When each CA in the trust bundle (ca.crt, the caBundle) expires (Unix time)",
-            ca_expiry.clone(),
+            Family::<CaLabels, Gauge<f64, AtomicU64>>::default(),
         );
-        let renewals = Family::<RenewalLabels, Counter>::default();
-        registry.register(
+        let renewals = add(
+            &mut registry,
             "cert_renewals",
             "Changes to the certificate Secret by this replica, by what (ca, serving, bundle) and outcome (renewed, failed)",
-            renewals.clone(),
+            Family::<RenewalLabels, Counter>::default(),
         );
-        let leader = Gauge::default();
-        registry.register(
+        let leader = add(
+            &mut registry,
             "leader",
             "1 while this replica holds the Lease: it renews certificates and restores the webhook configuration",
-            leader.clone(),
+            Gauge::default(),
         );
-        let rejected = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let rejected = add(
+            &mut registry,
             "requests_rejected",
             "Requests and connections turned away at a limit, by reason (memory: no room in the memory budget; connections: the port is full; rate: too many invalidations from one address; pending: too many invalidations waiting)",
-            rejected.clone(),
+            Family::<ReasonLabels, Counter>::default(),
         );
         for reason in ["memory", "connections", "rate", "pending"] {
             let _ = rejected.get_or_create(&ReasonLabels { reason });
         }
-        let connections = Family::<PortLabels, Gauge>::default();
-        registry.register(
+        let connections = add(
+            &mut registry,
             "connections_open",
             "Open connections, by port (admission, metrics, invalidation)",
-            connections.clone(),
+            Family::<PortLabels, Gauge>::default(),
         );
-        let timed_out = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let timed_out = add(
+            &mut registry,
             "connections_closed",
             "Connections the server closed, by reason (first_request: nothing sent in time; idle: no request for too long)",
-            timed_out.clone(),
+            Family::<ReasonLabels, Counter>::default(),
         );
         for reason in ["first_request", "idle"] {
             let _ = timed_out.get_or_create(&ReasonLabels { reason });
         }
-        let deadline_exceeded = Counter::default();
-        registry.register(
+        let deadline_exceeded = add(
+            &mut registry,
             "review_deadline_exceeded",
             "Reviews that ran out of their deadline (the registered timeoutSeconds less a margin)",
-            deadline_exceeded.clone(),
+            Counter::default(),
         );
-        let invalidations = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let invalidations = add(
+            &mut registry,
             "invalidations",
             "Secret ids invalidated, by result (followed: read again and its mirrors brought in line; coalesced: already waiting; unchanged: read again, same value, no write)",
-            invalidations.clone(),
+            Family::<ResultLabels, Counter>::default(),
         );
         for result in ["followed", "coalesced", "unchanged"] {
             let _ = invalidations.get_or_create(&ResultLabels { result });
         }
-        let unapplied = Family::<KeyLabels, Counter>::default();
-        registry.register(
+        let unapplied = add(
+            &mut registry,
             "reload_unapplied",
             "Reloads that changed a key the running server cannot change (restart to apply), by key",
-            unapplied.clone(),
+            Family::<KeyLabels, Counter>::default(),
         );
-        let review_memory = Gauge::default();
-        registry.register(
+        let review_memory = add(
+            &mut registry,
             "review_memory_bytes",
             "Bytes of the memory budget charged to reviews in flight",
-            review_memory.clone(),
+            Gauge::default(),
         );
-        let memory_budget = Gauge::default();
-        registry.register(
+        let memory_budget = add(
+            &mut registry,
             "memory_budget_bytes",
             "The memory budget (--memory-budget): what the process keeps whatever clients send",
-            memory_budget.clone(),
+            Gauge::default(),
         );
-        let task_ends = Family::<TaskLabels, Counter>::default();
-        registry.register(
+        let task_ends = add(
+            &mut registry,
             "task_ends",
             "Long-lived tasks that ended or panicked, by task and outcome (restarted; unready: the replica stopped being ready)",
-            task_ends.clone(),
+            Family::<TaskLabels, Counter>::default(),
         );
         Self {
             registry,

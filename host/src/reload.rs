@@ -3,11 +3,12 @@
 //! SIGHUP. A new policy is compiled off the request path and put in service only after it passes
 //! the same checks as at start; anything that fails keeps the policy in service.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Overrides};
@@ -25,12 +26,11 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// The (digest, settings) last rejected, so a bad file is reported once, not every poll.
     rejected: Mutex<Option<(String, String)>>,
-    /// The Embedded manager's store as started: it is not swapped at runtime.
-    pub embedded: Option<crate::config::EmbeddedConfig>,
     /// Whether clients must present a certificate (`--client-ca`), for the settings' warnings.
     pub client_ca: bool,
-    /// The configuration the server started with: keys only a restart applies are compared to it.
-    pub started: Option<Config>,
+    /// The configuration the server started with: keys only a restart applies (the Embedded
+    /// manager's store among them) are compared to it.
+    started: Config,
     /// The keys last reported as changed but not applied, so each change is reported once.
     unapplied: Mutex<Vec<&'static str>>,
 }
@@ -43,12 +43,15 @@ pub enum Reloaded {
 }
 
 impl Reloader {
+    /// Watches `policy` and `config` (read with `overrides`) for the server that `started` with
+    /// that configuration.
     pub fn new(
         runtime: Runtime,
         active: Arc<Active>,
         policy: Option<PathBuf>,
         config: Option<PathBuf>,
         overrides: Overrides,
+        started: Config,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -59,9 +62,8 @@ impl Reloader {
             overrides,
             metrics,
             rejected: Mutex::new(None),
-            embedded: None,
             client_ca: false,
-            started: None,
+            started,
             unapplied: Mutex::new(Vec::new()),
         }
     }
@@ -70,7 +72,7 @@ impl Reloader {
     pub fn reload(&self) -> Result<Reloaded> {
         let config = Config::load(self.config.as_deref(), &self.overrides)?;
         self.report_unapplied(&config);
-        if config.embedded != self.embedded {
+        if config.embedded != self.started.embedded {
             anyhow::bail!(
                 "the Embedded manager's store settings changed (secretManagerTypes, \
                  embeddedSecretManagerConfig.type or k8sConfig, cacheInvalidationPort): \
@@ -79,10 +81,8 @@ impl Reloader {
         }
         let settings = config.settings.clone();
         let wasm = match &self.policy {
-            Some(path) => {
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
-            }
-            None => policy::EMBEDDED.to_vec(),
+            Some(path) => Cow::Owned(policy::source::read(path)?),
+            None => Cow::Borrowed(policy::EMBEDDED),
         };
         let digest = format!("{:x}", Sha256::digest(&wasm));
         let serving = self.active.serving();
@@ -118,10 +118,7 @@ impl Reloader {
 
     /// Says, once per change, which keys of `config` the running server keeps at their old value.
     fn report_unapplied(&self, config: &Config) {
-        let Some(started) = &self.started else {
-            return;
-        };
-        let keys = started.unapplied_in(config);
+        let keys = self.started.unapplied_in(config);
         let mut reported = self.unapplied.lock().unwrap_or_else(|p| p.into_inner());
         if *reported == keys {
             return;

@@ -42,11 +42,10 @@ const GLOBALS_REFRESH: Duration = Duration::from_secs(30);
 pub struct Options {
     /// The configuration file (Flyte's `webhook:` and `secrets:` sections).
     pub config: Option<PathBuf>,
-    /// Flags that win over the file.
+    /// Flags that win over the file; `local` runs without a cluster (also chosen when none is
+    /// reachable).
     pub overrides: Overrides,
     pub policy: policy::Source,
-    /// Run without a cluster (also chosen when none is reachable).
-    pub local: bool,
     /// Call the policy library natively: the benchmarks' baseline.
     pub native_policy: bool,
     /// The CA clients (the API server) must present a certificate from.
@@ -67,7 +66,7 @@ pub struct Options {
 
 /// What a replica keeps in a cluster.
 pub struct InCluster {
-    pub certs: CertSource,
+    pub certs: cluster::Certs,
     pub secret: CertSecret,
     /// The Lease that elects the replica doing the writing.
     pub lease: String,
@@ -76,17 +75,9 @@ pub struct InCluster {
     pub target: Option<WebhookTarget>,
 }
 
-/// Who writes the certificate Secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertSource {
-    Managed,
-    External,
-    Files,
-}
-
 /// Whether a Kubernetes API server can be found the usual ways: in-cluster, `KUBECONFIG`, or
 /// `~/.kube/config`.
-pub fn cluster_configured() -> bool {
+fn cluster_configured() -> bool {
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         return true;
     }
@@ -107,8 +98,9 @@ struct Replica {
 /// Serves until SIGTERM (or Ctrl-C), then drains: configuration → the parts, built once → the
 /// admission port → the cluster's upkeep → wait → drain.
 pub async fn run(mut options: Options) -> Result<()> {
-    options.local |= !cluster_configured();
-    options.overrides.local = options.local;
+    // Without a cluster to reach, local mode whatever the flags say.
+    options.overrides.local |= !cluster_configured();
+    let local = options.overrides.local;
     let config = Config::load(options.config.as_deref(), &options.overrides)?;
     for warning in crate::config::warnings(
         config.library_settings.as_ref(),
@@ -117,18 +109,18 @@ pub async fn run(mut options: Options) -> Result<()> {
         tracing::warn!("{warning}");
     }
     let limits = limits(&options, &config)?;
-    if options.local {
+    if local {
         local_certs(&config)?;
     }
     let metrics = Arc::new(Metrics::default());
-    let registering = !options.local && options.cluster.target.is_some();
+    let registering = !local && options.cluster.target.is_some();
     let readiness = Arc::new(Readiness::new(registering));
     let mut replica = Replica {
         tasks: Tasks::new(readiness.clone(), metrics.clone()),
         metrics,
         readiness,
         // Alone in local mode; in a cluster, the election decides.
-        leadership: Leadership::new(options.local),
+        leadership: Leadership::new(local),
     };
     let client = client(&options, &config).await?;
     let embedded = match &client {
@@ -157,13 +149,9 @@ pub async fn run(mut options: Options) -> Result<()> {
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz over plain HTTP");
     }
 
-    let cluster = match (&client, options.local) {
+    let cluster = match (&client, local) {
         (Some(client), false) => {
-            let target = options.cluster.target.take();
-            Some(
-                prepare_cluster(&replica, client.clone(), &options.cluster, target, &config)
-                    .await?,
-            )
+            Some(prepare_cluster(&replica, client.clone(), &options.cluster, &config).await?)
         }
         _ => None,
     };
@@ -298,11 +286,10 @@ fn start_reloader(
         options.policy.file.clone(),
         options.config.clone(),
         options.overrides.clone(),
+        config.clone(),
         replica.metrics.clone(),
     );
-    reloader.embedded = config.embedded.clone();
     reloader.client_ca = options.client_ca.is_some();
-    reloader.started = Some(config.clone());
     let reloader = Arc::new(reloader);
     let poll = options.reload_poll;
     replica
@@ -382,10 +369,11 @@ fn local_certs(config: &Config) -> Result<()> {
 /// The one Kubernetes client, when something needs it: the cluster's upkeep, or the Embedded
 /// manager (whose values live in the cluster even in local mode).
 async fn client(options: &Options, config: &Config) -> Result<Option<kube::Client>> {
-    if options.local && config.embedded.is_none() {
+    let local = options.overrides.local;
+    if local && config.embedded.is_none() {
         return Ok(None);
     }
-    let context = match options.local {
+    let context = match local {
         true => {
             "the Embedded manager reads secrets from the cluster: no Kubernetes API server found \
              (in-cluster, KUBECONFIG or ~/.kube/config)"
@@ -395,28 +383,22 @@ async fn client(options: &Options, config: &Config) -> Result<Option<kube::Clien
     Ok(Some(kube::Client::try_default().await.context(context)?))
 }
 
-/// Where the serving certificate comes from in a cluster, ready to serve; `target` is the
-/// webhook configuration to keep, if any.
+/// Where the serving certificate comes from in a cluster, ready to serve.
 async fn prepare_cluster(
     replica: &Replica,
     client: kube::Client,
     wanted: &InCluster,
-    target: Option<WebhookTarget>,
     config: &Config,
 ) -> Result<cluster::Prepared> {
-    let certs = match wanted.certs {
-        CertSource::Files => cluster::Certs::Files(config.cert_dir.clone()),
-        CertSource::External => cluster::Certs::External,
-        CertSource::Managed => cluster::Certs::Managed,
-    };
-    let target = target.map(|target| WebhookTarget {
+    let target = wanted.target.clone().map(|target| WebhookTarget {
         namespace_selector: config.namespace_selector.clone(),
         ..target
     });
     let setup = cluster::Setup {
         client,
         secret: wanted.secret.clone(),
-        certs,
+        certs: wanted.certs,
+        cert_dir: config.cert_dir.clone(),
         lease: wanted.lease.clone(),
         target,
         readiness: replica.readiness.clone(),

@@ -166,13 +166,9 @@ impl Tasks {
                 Ok((id, ())) => (id, None),
                 Err(err) => (err.id(), err.is_panic().then(|| panic_text(err))),
             };
-            let Some(entry) = self.entries.remove(&id) else {
-                continue;
-            };
-            if *self.stop.borrow() {
-                continue;
+            if let Some(entry) = self.entries.remove(&id) {
+                self.ended(entry, panic);
             }
-            self.ended(entry, panic);
         }
     }
 
@@ -244,14 +240,7 @@ impl Tasks {
 
 /// Returns once `stop` is true (or its sender is gone).
 pub async fn stopped(mut stop: watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 fn panic_text(err: tokio::task::JoinError) -> String {

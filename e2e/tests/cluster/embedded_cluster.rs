@@ -236,6 +236,14 @@ impl Flyte2 {
         Self::start_with(test, ("", "")).await
     }
 
+    /// With Flyte 2's invalidation port open, on the port returned.
+    async fn start_with_invalidation(test: &str) -> Option<(Flyte2, u16)> {
+        let port = common::free_port();
+        let open = format!("cacheInvalidationPort: {port}");
+        let flyte = Self::start_with(test, ("cacheInvalidationPort: 0", &open)).await?;
+        Some((flyte, port))
+    }
+
     /// `edit` is a replacement in deploy/'s config (from, to); it must apply.
     async fn start_with(test: &str, edit: (&str, &str)) -> Option<Flyte2> {
         let config = common::workspace().join("deploy/components/embedded/config.yaml");

@@ -95,9 +95,7 @@ fn seen(name: &str, bundle: Bundle, to: &Followers) {
             "the Secret's certificate is unusable; serving the previous one"
         ),
     }
-    if let Some(expiry) = super::expiry(&to.store.serving_pem()) {
-        to.metrics.cert_expires_at(expiry as f64);
-    }
+    to.store.report_expiry(&to.metrics);
     let cas = super::certificates(&bundle.ca_pem).into_iter();
     to.metrics
         .trusted_cas(cas.map(|ca| (ca.subject, ca.serial, ca.not_after)));

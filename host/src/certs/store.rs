@@ -118,7 +118,7 @@ impl CertStore {
         }
     }
 
-    fn report_expiry(&self, metrics: &Metrics) {
+    pub(super) fn report_expiry(&self, metrics: &Metrics) {
         if let Some(expiry) = super::expiry(&self.serving_pem()) {
             metrics.cert_expires_at(expiry as f64);
         }

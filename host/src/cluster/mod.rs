@@ -24,14 +24,14 @@ use controller::{CaSource, Controller};
 use registration::WebhookTarget;
 
 /// Where the serving certificate comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Certs {
     /// The Secret, created and renewed by the elected replica.
     Managed,
     /// The Secret, written by someone else (cert-manager).
     External,
-    /// Files in a directory.
-    Files(PathBuf),
+    /// Files in the configuration's certificate directory.
+    Files,
 }
 
 /// What `serve` runs in a cluster.
@@ -40,6 +40,8 @@ pub struct Setup {
     /// The certificate Secret (its lifetimes and names matter only when managed).
     pub secret: CertSecret,
     pub certs: Certs,
+    /// Where [`Certs::Files`] reads them.
+    pub cert_dir: PathBuf,
     /// The Lease that elects the replica doing the writing.
     pub lease: String,
     /// Set when this webhook keeps its configuration.
@@ -62,7 +64,7 @@ pub struct Prepared {
 impl Setup {
     pub async fn prepare(self) -> Result<Prepared> {
         let dir = match &self.certs {
-            Certs::Files(dir) => dir.clone(),
+            Certs::Files => self.cert_dir.clone(),
             Certs::Managed | Certs::External => {
                 let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.secret.namespace);
                 let managed = matches!(self.certs, Certs::Managed);

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 
 use super::{Call, Outcome, PolicyFailure, Review, UserInfo, bindings, creator};
-use crate::deadline::by_deadline;
 use crate::global_secrets::GlobalSecrets;
 use crate::secrets::embedded::{Asker, Embedded};
 
@@ -17,6 +16,31 @@ use crate::secrets::embedded::{Asker, Embedded};
 pub struct Services {
     pub globals: Arc<GlobalSecrets>,
     pub embedded: Option<Arc<Embedded>>,
+}
+
+/// The answers both front doors give the policy (the component's imports here, the native
+/// baseline's traits in `native`), and the words they refuse with.
+impl Services {
+    pub(super) fn store(&self) -> Result<&Embedded, String> {
+        match &self.embedded {
+            Some(embedded) => Ok(embedded),
+            None => Err("this host has no secret store for the Embedded manager".to_owned()),
+        }
+    }
+
+    pub(super) fn namespace_labels(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<(String, String)>>, String> {
+        match &self.embedded {
+            Some(embedded) => embedded.namespace_labels(name),
+            None => Err("this host does not follow namespaces".to_owned()),
+        }
+    }
+
+    pub(super) fn image_pull_secret(&self, name: &str) -> Result<bool, String> {
+        self.store()?.image_pull_secret(name)
+    }
 }
 
 /// Per-request state: the memory cap, the services, the pod asked about, and what the policy
@@ -61,6 +85,9 @@ impl Lookups {
         let Outcome::Patched(patched) = outcome else {
             return Ok(Vec::new());
         };
+        if patched.pull_secrets.is_empty() {
+            return Ok(Vec::new());
+        }
         let read: std::collections::HashSet<String> = self
             .0
             .keys()
@@ -99,14 +126,14 @@ impl Lookups {
     }
 }
 
-/// What a patch relies on the host to write: the review, its outcome, what the policy looked up
-/// and the services that write.
-pub(super) type Writes<'a> = (&'a Review, &'a Outcome, &'a Lookups, &'a Services);
-
-/// Writes the mirrors and copies the image pull Secrets `outcome` relies on, before the pod is
-/// admitted, within the call's deadline; nothing on a dry run.
+/// Writes the mirrors and copies the image pull Secrets `outcome` relies on — with what the
+/// policy looked up (`looked_up`), through `services` — before the pod is admitted, within the
+/// call's deadline; nothing on a dry run.
 pub(super) async fn write_mirrors(
-    (review, outcome, looked_up, services): Writes<'_>,
+    review: &Review,
+    outcome: &Outcome,
+    looked_up: &Lookups,
+    services: &Services,
     digest: &str,
     call: &Call,
 ) -> Result<(), PolicyFailure> {
@@ -134,18 +161,10 @@ pub(super) async fn write_mirrors(
         embedded.write_mirrors(namespace, &mirrors).await?;
         embedded.copy_pull_secrets(namespace, &pulls).await
     };
-    let result = by_deadline(call.deadline, written).await;
+    // The review's own deadline (admission) bounds this too, and names it from the progress.
+    let result = written.await;
     call.progress.clear();
-    match result {
-        Some(written) => written.map_err(failed),
-        None => Err(PolicyFailure::Mirrors {
-            reason: format!(
-                "the API server did not take the pod's mirror Secrets in {namespace} within the \
-                 review's {:?}",
-                call.budget
-            ),
-        }),
-    }
+    result.map_err(failed)
 }
 
 /// Refuses growth past the limit and remembers that it did: the guest's allocator then aborts
@@ -195,9 +214,7 @@ impl bindings::secrets_webhook::policy::global_secrets::Host for GuestState {
 
 impl bindings::secrets_webhook::policy::secret_store::Host for GuestState {
     async fn lookup(&mut self, secret_id: String) -> Result<Option<Vec<u8>>, String> {
-        let Some(embedded) = self.services.embedded.clone() else {
-            return Err("this host has no secret store for the Embedded manager".to_owned());
-        };
+        let embedded = self.services.store()?;
         let asker = Asker {
             namespace: &self.namespace,
             creator: creator(&self.creator),
@@ -217,17 +234,11 @@ impl bindings::secrets_webhook::policy::secret_store::Host for GuestState {
 
 impl bindings::secrets_webhook::policy::cluster::Host for GuestState {
     fn namespace_labels(&mut self, name: String) -> Result<Option<Vec<(String, String)>>, String> {
-        match &self.services.embedded {
-            Some(embedded) => embedded.namespace_labels(&name),
-            None => Err("this host does not follow namespaces".to_owned()),
-        }
+        self.services.namespace_labels(&name)
     }
 
     fn image_pull_secret(&mut self, name: String) -> Result<bool, String> {
-        let exists = match &self.services.embedded {
-            Some(embedded) => embedded.image_pull_secret(&name),
-            None => Err("this host has no secret store for the Embedded manager".to_owned()),
-        };
+        let exists = self.services.image_pull_secret(&name);
         self.looked_up.record_pull(&name, &exists);
         exists
     }

@@ -102,8 +102,13 @@ pub struct Call {
 impl Call {
     /// A call bounded by `budget` from now, its guest by `guest_memory`.
     pub fn new(budget: Duration, guest_memory: usize) -> Self {
+        Self::starting_at(tokio::time::Instant::now(), budget, guest_memory)
+    }
+
+    /// A review's call whose `budget` counts from `start` (when its request arrived).
+    pub fn starting_at(start: tokio::time::Instant, budget: Duration, guest_memory: usize) -> Self {
         Self {
-            deadline: tokio::time::Instant::now() + budget,
+            deadline: start + budget,
             budget,
             guest_memory,
             progress: Progress::default(),
@@ -171,7 +176,6 @@ pub struct Policy {
     runtime: Runtime,
     pre: bindings::MutationPre<GuestState>,
     digest: String,
-    exports: Vec<String>,
 }
 
 impl Policy {
@@ -180,13 +184,8 @@ impl Policy {
         &self.digest
     }
 
-    /// The names the component exports.
-    pub fn exports(&self) -> &[String] {
-        &self.exports
-    }
-
-    fn short_digest(&self) -> String {
-        self.digest[..12].to_owned()
+    fn short_digest(&self) -> &str {
+        &self.digest[..12]
     }
 
     fn store(&self, services: Services, review: Option<&Review>, call: &Call) -> Store<GuestState> {
@@ -262,26 +261,33 @@ impl Policy {
         };
         let result = called.await.map_err(|err| self.failure(&store, err))?;
         let outcome = result.map_err(|reason| PolicyFailure::Error {
-            digest: self.short_digest(),
+            digest: self.short_digest().to_owned(),
             reason,
         })?;
         let bytes = output_bytes(&outcome);
         if bytes > MAX_OUTPUT_BYTES {
             return Err(PolicyFailure::OutputTooLarge {
-                digest: self.short_digest(),
+                digest: self.short_digest().to_owned(),
                 bytes,
                 limit: MAX_OUTPUT_BYTES,
             });
         }
         let state = store.data();
         let digest = self.short_digest();
-        let writes = (review, &outcome, &state.looked_up, &state.services);
-        write_mirrors(writes, &digest, call).await?;
+        write_mirrors(
+            review,
+            &outcome,
+            &state.looked_up,
+            &state.services,
+            digest,
+            call,
+        )
+        .await?;
         Ok(outcome)
     }
 
     fn failure(&self, store: &Store<GuestState>, err: wasmtime::Error) -> PolicyFailure {
-        let digest = self.short_digest();
+        let digest = self.short_digest().to_owned();
         let limits = self.runtime.limits;
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PolicyFailure::Deadline {

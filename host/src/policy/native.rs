@@ -45,9 +45,7 @@ impl secrets_policy::GlobalSecrets for NativeHost<'_> {
 
 impl secrets_policy::SecretStore for NativeHost<'_> {
     fn lookup(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
-        let Some(embedded) = &self.services.embedded else {
-            return Err("this host has no secret store for the Embedded manager".to_owned());
-        };
+        let embedded = self.services.store()?;
         // The K8s store answers from memory, so this does not wait; benchmarks only.
         let value = block_on(embedded.lookup(&self.asker, id, self.deadline));
         self.looked_up.borrow_mut().record(id, &value);
@@ -57,17 +55,11 @@ impl secrets_policy::SecretStore for NativeHost<'_> {
 
 impl secrets_policy::Cluster for NativeHost<'_> {
     fn labels(&self, name: &str) -> Result<Option<Vec<(String, String)>>, String> {
-        match &self.services.embedded {
-            Some(embedded) => embedded.namespace_labels(name),
-            None => Err("this host does not follow namespaces".to_owned()),
-        }
+        self.services.namespace_labels(name)
     }
 
     fn image_pull_secret(&self, name: &str) -> Result<bool, String> {
-        let exists = match &self.services.embedded {
-            Some(embedded) => embedded.image_pull_secret(name),
-            None => Err("this host has no secret store for the Embedded manager".to_owned()),
-        };
+        let exists = self.services.image_pull_secret(name);
         self.looked_up.borrow_mut().record_pull(name, &exists);
         exists
     }
@@ -101,8 +93,7 @@ impl Mutator for Native {
         ));
         let looked_up = host.looked_up.into_inner();
         Box::pin(async move {
-            let writes = (review, &outcome, &looked_up, &self.services);
-            write_mirrors(writes, "native", call).await?;
+            write_mirrors(review, &outcome, &looked_up, &self.services, "native", call).await?;
             Ok(outcome)
         })
     }

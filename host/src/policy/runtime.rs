@@ -61,10 +61,6 @@ impl Runtime {
         })
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Compiles `wasm` and checks that it implements our world. Slow (tens of milliseconds):
     /// never on the request path.
     pub fn compile(&self, wasm: &[u8]) -> Result<Policy> {
@@ -96,7 +92,6 @@ impl Runtime {
             runtime: self.clone(),
             pre,
             digest,
-            exports,
         })
     }
 

@@ -41,7 +41,7 @@ const SWEEP_GRACE: Duration = Duration::from_secs(600);
 pub struct Embedded {
     store: Arc<Store>,
     /// Source ids waiting for the follower.
-    pending: Arc<Pending>,
+    pub(super) pending: Arc<Pending>,
     store_name: &'static str,
     /// Who may read which scope: the settings in service say (they change on reload).
     authority: arc_swap::ArcSwap<Authority>,
@@ -164,15 +164,8 @@ impl Embedded {
         let (embedded, swept) = (self.clone(), client.clone());
         let elected = leadership.clone();
         tasks.spawn("mirror follower", OnEnd::Restart, move || {
-            let pending = embedded.pending.clone();
             let (client, leadership) = (client.clone(), leadership.clone());
-            super::follow::run(
-                client,
-                embedded.clone(),
-                pending,
-                leadership,
-                metrics.clone(),
-            )
+            super::follow::run(client, embedded.clone(), leadership, metrics.clone())
         });
         tasks.spawn("mirror sweep", OnEnd::Restart, move || {
             sweep(swept.clone(), elected.clone())
@@ -215,11 +208,8 @@ impl Embedded {
         creator: Option<Creator<'_>>,
         scope: &Scope,
     ) -> Result<(), String> {
-        let org_label = || match self.namespace_labels(namespace)? {
-            Some(labels) => Ok(labels
-                .into_iter()
-                .find(|(name, _)| name == "organization")
-                .map(|(_, value)| value)),
+        let org_label = || match self.namespaces.get(&ObjectRef::new(namespace)) {
+            Some(found) => Ok(organization_label(&found)),
             None => Err(format!("namespace {namespace:?} does not exist")),
         };
         self.authority
@@ -231,11 +221,16 @@ impl Embedded {
     /// The namespaces whose pods may read `scope`'s secrets, as the settings in service say: where
     /// its mirrors may be, and the only places they are kept in line.
     pub fn entitled_namespaces(&self, scope: &Scope) -> Vec<String> {
+        let authority = self.authority.load();
         self.namespaces
             .state()
             .iter()
-            .filter_map(|namespace| namespace.metadata.name.clone())
-            .filter(|namespace| self.grant(namespace, None, scope).is_ok())
+            .filter_map(|namespace| {
+                let name = namespace.metadata.name.as_deref()?;
+                let org_label = || Ok(organization_label(namespace));
+                let granted = authority.grant(name, None, scope, org_label).is_ok();
+                granted.then(|| name.to_owned())
+            })
             .collect()
     }
 
@@ -499,4 +494,11 @@ fn forbidden(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 403)
     })
+}
+
+/// A namespace's `organization` label: the organization its pods' scope binds to, when the
+/// settings name none.
+fn organization_label(namespace: &Namespace) -> Option<String> {
+    let labels = namespace.metadata.labels.as_ref()?;
+    labels.get("organization").cloned()
 }

@@ -125,14 +125,14 @@ impl Followed {
     }
 }
 
-/// Follows what `pending` holds until the process ends.
+/// Follows what `embedded`'s queue holds, writing through `client`, until the process ends.
 pub async fn run(
     client: kube::Client,
     embedded: Arc<Embedded>,
-    pending: Arc<Pending>,
     leadership: Leadership,
     metrics: Arc<Metrics>,
 ) {
+    let pending = embedded.pending.clone();
     let mut elections = leadership.subscribe();
     let mut left = LeftToLeader::default();
     let mut followed = Followed::default();

@@ -141,6 +141,19 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// `answer`, with its request in flight until it is answered (or dropped).
+    pub fn answering<F: Future>(
+        self: &Arc<Self>,
+        answer: F,
+    ) -> impl Future<Output = F::Output> + use<F> {
+        let in_flight = self.request();
+        async move {
+            let answered = answer.await;
+            drop(in_flight);
+            answered
+        }
+    }
+
     /// When the connection should be closed, and why, if nothing happens before then; `None`
     /// while a request is in flight.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, &'static str)> {
@@ -153,6 +166,18 @@ impl Activity {
         let last = Duration::from_nanos(self.last_end.load(Ordering::Relaxed));
         Some((self.opened + last + limits.idle, "idle"))
     }
+}
+
+/// HTTP/1.1 reading at most `read_buffer` at once, timed by the connection's supervisor: the
+/// first request's headers and the idle time between requests (hyper's own header timer would
+/// cut idle ones at 10 s).
+pub fn http1(read_buffer: usize) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(read_buffer);
+    builder
 }
 
 /// Serves `conn` until it ends: drops it when no request came in time, closes it gracefully

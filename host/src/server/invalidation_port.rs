@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use super::request_body::{self, Refusal};
 use super::side_port::BODY_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::secrets::invalidation::{MAX_BODY, Queue, handle};
@@ -74,7 +75,7 @@ pub async fn start(
     super::side_port::start(
         tasks,
         listener,
-        "invalidation",
+        ("invalidation", "invalidation port"),
         counted,
         move |request: Request<Incoming>, peer: SocketAddr| {
             let (store, queue, limit, metrics) =
@@ -100,20 +101,21 @@ pub async fn start(
 
 async fn answer(store: &Store, request: Request<Incoming>) -> (Response<Full<Bytes>>, Vec<String>) {
     let (parts, body) = request.into_parts();
-    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect());
-    let (status, text, ids) = match collected.await {
-        Ok(Ok(body)) => handle(store, &parts.method, parts.uri.path(), &body.to_bytes()),
-        Ok(Err(_)) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body too large".to_owned(),
-            Vec::new(),
-        ),
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            format!("body not received within {BODY_TIMEOUT:?}"),
-            Vec::new(),
-        ),
-    };
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    let (status, text, ids) =
+        match request_body::read(body, &parts.headers, MAX_BODY, deadline).await {
+            Ok(body) => handle(store, &parts.method, parts.uri.path(), &body),
+            Err(Refusal::TimedOut) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within {BODY_TIMEOUT:?}"),
+                Vec::new(),
+            ),
+            Err(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large".to_owned(),
+                Vec::new(),
+            ),
+        };
     (self::text(status, text), ids)
 }
 

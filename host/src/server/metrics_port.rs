@@ -32,7 +32,13 @@ pub async fn start(
         let response = answer(&request, &metrics, &readiness, &describe);
         std::future::ready(response)
     };
-    super::side_port::start(tasks, listener, "metrics", counted, answer);
+    super::side_port::start(
+        tasks,
+        listener,
+        ("metrics", "metrics port"),
+        counted,
+        answer,
+    );
     Ok(addr)
 }
 

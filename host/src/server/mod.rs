@@ -138,10 +138,10 @@ impl Server {
                 limits.connections.max,
                 self.app.metrics.clone(),
             ),
-            stop: stop.clone(),
+            stop,
             app: self.app,
         });
-        accept_loop(self.listener, self.acceptor, shared, stop).await;
+        accept_loop(self.listener, self.acceptor, shared).await;
     }
 
     /// Registers the admission port with `tasks`: the replica cannot serve without it, so its
@@ -179,12 +179,7 @@ pub async fn spawn(listen: SocketAddr, tls: Arc<ServerConfig>, app: App) -> Resu
     Ok(Handle { addr, stop, task })
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -203,7 +198,7 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            () = crate::tasks::stopped(stop.clone()) => break,
+            () = crate::tasks::stopped(shared.stop.clone()) => break,
         }
     }
     shared.app.readiness.set_draining();
@@ -243,15 +238,7 @@ async fn connection(
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let requests = activity.clone();
     let routed = shared.clone();
-    let service = service_fn(move |request| {
-        let in_flight = requests.request();
-        let shared = routed.clone();
-        async move {
-            let response = route(shared, request).await;
-            drop(in_flight);
-            response
-        }
-    });
+    let service = service_fn(move |request| requests.answering(route(routed.clone(), request)));
     let io = TokioIo::new(tls);
     let (stop, metrics) = (shared.stop.clone(), &shared.app.metrics);
     let ended = match h2 {
@@ -272,13 +259,7 @@ async fn connection(
                 .map_err(|err| err.to_string())
         }
         false => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                // The first request's headers are timed by the connection's supervisor, and
-                // idle time between requests too: hyper's timer would cut idle ones at 10 s.
-                .header_read_timeout(None)
-                .max_buf_size(budget::READ_BUFFER)
-                .serve_connection(io, service);
+            let conn = connections::http1(budget::READ_BUFFER).serve_connection(io, service);
             supervise(conn, &activity, &limits.connections, stop, metrics)
                 .await
                 .map_err(|err| err.to_string())
@@ -337,18 +318,18 @@ async fn mutate(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
     };
     let metrics = &shared.app.metrics;
     metrics.memory(limits.plan.total, shared.reviews.in_use(&limits.plan));
+    let arrived = tokio::time::Instant::from_std(started);
     let read = request_body::read(
         body,
         &parts.headers,
         limits.max_body_bytes,
-        tokio::time::Instant::from_std(started) + limits.body_timeout,
+        arrived + limits.body_timeout,
     );
     let body = match read.await {
         Ok(body) => body,
         Err(refusal) => return refused(shared, refusal, parts.version, started),
     };
-    let mut call = Call::new(limits.review_deadline, room.cost.guest_memory);
-    call.deadline = tokio::time::Instant::from_std(started) + limits.review_deadline;
+    let call = Call::starting_at(arrived, limits.review_deadline, room.cost.guest_memory);
     // On this task: a review is cheaper than a hand-off to another thread. A client that gives
     // up drops this future, which ends the guest call and only then frees its room.
     let reply = admission::review(

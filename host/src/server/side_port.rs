@@ -13,11 +13,11 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::connections::{Activity, ConnectionLimits, Gate, supervise};
+use super::connections::{Activity, ConnectionLimits, Gate, http1, supervise};
 use crate::metrics::Metrics;
 use crate::tasks::{OnEnd, Tasks};
 
@@ -26,12 +26,13 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a side port reads into memory at once (HTTP/1's read buffer).
 const READ_BUFFER: usize = 16 << 10;
 
-/// Registers side port `port` with `tasks`: HTTP/1.1 on `listener`, each request answered by
-/// `answer`, which is told the caller's address. Restarted on the same listener if it ends.
+/// Registers side port `port` (its metrics label) with `tasks` as task `task`: HTTP/1.1 on
+/// `listener`, each request answered by `answer`, which is told the caller's address. Restarted
+/// on the same listener if it ends.
 pub fn start<A, F>(
     tasks: &mut Tasks,
     listener: TcpListener,
-    port: &'static str,
+    (port, task): (&'static str, &'static str),
     metrics: Arc<Metrics>,
     answer: A,
 ) where
@@ -39,29 +40,26 @@ pub fn start<A, F>(
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let listener = Arc::new(listener);
-    let name = match port {
-        "metrics" => "metrics port",
-        _ => "invalidation port",
-    };
-    let gate = Arc::new(Gate::new(
-        port,
-        ConnectionLimits::side_port().max,
-        metrics.clone(),
-    ));
-    tasks.spawn(name, OnEnd::Restart, move || {
+    let limits = ConnectionLimits::side_port();
+    let gate = Arc::new(Gate::new(port, limits.max, metrics.clone()));
+    tasks.spawn(task, OnEnd::Restart, move || {
         let (listener, gate) = (listener.clone(), gate.clone());
-        serve(listener, gate, metrics.clone(), answer.clone())
+        serve(listener, gate, limits, metrics.clone(), answer.clone())
     });
 }
 
 /// Accepts connections on `listener`, answering each with `answer`. Side ports end with the
 /// replica, after the admission port has drained: nothing stops them before.
-async fn serve<A, F>(listener: Arc<TcpListener>, gate: Arc<Gate>, metrics: Arc<Metrics>, answer: A)
-where
+async fn serve<A, F>(
+    listener: Arc<TcpListener>,
+    gate: Arc<Gate>,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    answer: A,
+) where
     A: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let limits = ConnectionLimits::side_port();
     let (_never, stop) = watch::channel(false);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
@@ -77,21 +75,10 @@ where
             let activity = Activity::new();
             let requests = activity.clone();
             let service = service_fn(move |request: Request<Incoming>| {
-                let in_flight = requests.request();
-                let answered = answer(request, peer);
-                async move {
-                    let response = answered.await;
-                    drop(in_flight);
-                    Ok::<_, Infallible>(response)
-                }
+                let answered = requests.answering(answer(request, peer));
+                async move { Ok::<_, Infallible>(answered.await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                // The connection's supervisor keeps the time to a first request and between
-                // requests; hyper's own header timeout would also cut idle ones short.
-                .header_read_timeout(None)
-                .max_buf_size(READ_BUFFER)
-                .serve_connection(TokioIo::new(tcp), service);
+            let conn = http1(READ_BUFFER).serve_connection(TokioIo::new(tcp), service);
             let _ = supervise(conn, &activity, &limits, stop, &metrics).await;
             drop(pass);
         });

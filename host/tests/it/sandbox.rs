@@ -355,12 +355,14 @@ fn reloader(server: &TestServer, policy_file: PathBuf, metrics: Arc<Metrics>) ->
         global_secrets_dir: Some(common::fixtures().join("global-secrets")),
         ..Overrides::default()
     };
+    let started = secrets_webhook::config::Config::load(None, &overrides).unwrap();
     Arc::new(Reloader::new(
         Runtime::new(Limits::default()).unwrap(),
         server.active.clone(),
         Some(policy_file),
         None,
         overrides,
+        started,
         metrics,
     ))
 }
@@ -597,16 +599,16 @@ async fn a_reload_says_which_keys_wait_for_a_restart() {
     let config = config_file(&dir, "webhook:\n  onError: deny\n");
     let overrides = Overrides::default();
     let metrics = Arc::new(Metrics::default());
-    let mut reloader = Reloader::new(
+    let started = secrets_webhook::config::Config::load(Some(&config), &overrides).unwrap();
+    let reloader = Reloader::new(
         Runtime::new(Limits::default()).unwrap(),
         server.active.clone(),
         None,
         Some(config.clone()),
         overrides.clone(),
+        started,
         metrics.clone(),
     );
-    reloader.started =
-        Some(secrets_webhook::config::Config::load(Some(&config), &overrides).unwrap());
     std::fs::write(
         &config,
         "webhook:\n  onError: allow\n  maxRequestBytes: 1024\n  secretManagerType: Vault\n",

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 use super::{Flyte2, TASKS, requests, scope, scope_labels, wait_until_injecting};
-use crate::common::{self, free_port};
+use crate::common;
 use crate::envtest::ApiServer;
 use crate::replica::Replica;
 
@@ -60,12 +60,7 @@ async fn invalidations_counted(replica: &Replica) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_burst_patches_each_mirror_at_most_once() {
     let test = "an_invalidation_burst_patches_each_mirror_at_most_once";
-    let port = free_port();
-    let edit = (
-        "cacheInvalidationPort: 0",
-        &*format!("cacheInvalidationPort: {port}"),
-    );
-    let Some(flyte) = Flyte2::start_with(test, edit).await else {
+    let Some((flyte, port)) = Flyte2::start_with_invalidation(test).await else {
         return;
     };
     let id = scope().secret_id("db");

@@ -80,12 +80,7 @@ fn value_of(secret: &Secret) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planted_mirror_never_receives_another_scopes_value() {
     let test = "a_planted_mirror_never_receives_another_scopes_value";
-    let port = free_port();
-    let invalidation = (
-        "cacheInvalidationPort: 0",
-        &*format!("cacheInvalidationPort: {port}"),
-    );
-    let Some(flyte) = Flyte2::start_with(test, invalidation).await else {
+    let Some((flyte, port)) = Flyte2::start_with_invalidation(test).await else {
         return;
     };
     let admin = flyte.client();
