@@ -10,7 +10,9 @@
 # `<name>=<binary>` runs another build of secrets-webhook (wasm policy) as server <name>, so a
 # change is measured against the commit before it in one run, e.g.
 #   SERVERS="old=/tmp/secrets-webhook-old wasm wasm old" host/benches/e2e.sh 5
-# (each twice, in mirrored order, so the machine's drift over the run cancels out).
+# (each twice, in mirrored order, so the machine's drift over the run cancels out). The servers
+# share one compile cache: the first to load a policy compiles it and keeps ~30 MiB more RSS than
+# those that find it there, so compare memory across later runs.
 #
 # Loopback only; every run is bounded by its duration. When h2load (Debian's nghttp2-client) is
 # installed, closed-loop throughput is measured with it too: a C load generator leaves more of the
